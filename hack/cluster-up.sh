@@ -159,6 +159,13 @@ start_etcd() {
   wait_until etcd 60 curl -sf http://127.0.0.1:2381/health
 }
 
+# has_sys_resource: whether this host lets us lower OOM scores (capability 24, CAP_SYS_RESOURCE).
+has_sys_resource() {
+  local effective
+  effective=$(awk '/^CapEff/ {print $2}' /proc/self/status)
+  (( (16#$effective >> 24) & 1 ))
+}
+
 start_containerd() {
   mkdir -p "$CLUSTER_DIR/containerd"
   cat >"$CONF/containerd.toml" <<TOML
@@ -169,6 +176,9 @@ state = "$CLUSTER_DIR/containerd/state"
   address = "$CONTAINERD_SOCK"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$IMAGE_PREFIX/pause:$IMAGE_TAG"
+  # The kubelet asks for negative OOM scores (-998 for sandboxes), which need CAP_SYS_RESOURCE; hosts that
+  # withhold it (some VMs and sandboxes) fail every pod. Clamp to containerd's own score instead.
+  restrict_oom_score_adj = $( [[ -r /proc/self/status ]] && has_sys_resource && echo false || echo true )
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -282,6 +292,7 @@ YAML
 }
 
 start_storage() {
+  write_kubeconfig "$CONF/local-path-provisioner.kubeconfig" local-path-provisioner
   "$REPO_ROOT/hack/local-storage.sh"
 }
 
