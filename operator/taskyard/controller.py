@@ -1,0 +1,429 @@
+"""The operator's moves: read the cached view of the cluster, call the pure core, write the result.
+
+Everything that touches the API server lives here; everything that decides lives in the pure modules
+(:mod:`taskyard.phase`, :mod:`taskyard.queue`, :mod:`taskyard.render`). The kopf handlers in
+:mod:`taskyard.handlers` only build a :class:`ClusterView` from kopf's indexes and call in.
+
+One asyncio lock serialises admission and status writes, so two Tasks never both see the last free
+slot and a status is never written from a view older than one already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import kopf
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from taskyard.api import API_VERSION, GROUP, VERSION, SpecError, parse_agent_spec, parse_task_spec
+from taskyard.phase import (
+    IMAGE_PULL_FAILURES,
+    TERMINAL_PHASES,
+    JobView,
+    Observation,
+    PodView,
+    derive_status,
+    newest_pod,
+    status_changes,
+    tail_lines,
+)
+from taskyard.queue import Limits, QueueEntry, select_admissions
+from taskyard.render import (
+    TaskRef,
+    label_value_for,
+    render_job,
+    render_workspace_claim,
+    workspace_claim_name,
+)
+from taskyard.settings import OperatorSettings
+
+logger = logging.getLogger("taskyard")
+
+# (namespace, value of the taskyard.dev/task label): how Tasks, their Jobs and their Pods find each other.
+TaskKey = tuple[str, str]
+ANNOTATION_AGENT_REF = "taskyard.dev/agent-ref"
+MERGE_PATCH = "application/merge-patch+json"
+LOG_TAIL_LINES = 50
+LOG_TAIL_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class ResolvedAgent:
+    """An Agent or ClusterAgent a Task can run on. ``ref`` identifies it for per-agent limits."""
+
+    ref: str
+    name: str
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Read-only lookups over kopf's indexes (each maps a key to the values indexed under it)."""
+
+    tasks: Mapping[TaskKey, Iterable[dict[str, Any]]]
+    waiting: Mapping[TaskKey, Iterable[dict[str, Any]]]
+    jobs: Mapping[TaskKey, Iterable[JobView]]
+    active_jobs: Mapping[TaskKey, Iterable[str]]
+    pods: Mapping[TaskKey, Iterable[PodView]]
+    agents: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
+    cluster_agents: Mapping[str, Iterable[dict[str, Any]]]
+
+    def task(self, key: TaskKey) -> dict[str, Any] | None:
+        return _first(self.tasks.get(key))
+
+    def job(self, key: TaskKey) -> JobView | None:
+        """The Job of the Task now under this key (not one left over from a deleted namesake)."""
+        task = self.task(key)
+        uid = task["metadata"].get("uid") if task else None
+        return next((job for job in self.jobs.get(key) or [] if job.owner_uid == uid), None)
+
+    def pod(self, key: TaskKey) -> PodView | None:
+        """The newest pod of the Task's Job."""
+        job = self.job(key)
+        if job is None:
+            return None
+        return newest_pod([pod for pod in self.pods.get(key) or [] if pod.job_uid == job.uid])
+
+    def resolve_agent(self, namespace: str, name: str) -> ResolvedAgent | None:
+        """The same-namespace Agent of that name, else the ClusterAgent, else None."""
+        spec = _first(self.agents.get((namespace, name)))
+        if spec is not None:
+            return ResolvedAgent(ref=f"Agent/{namespace}/{name}", name=name, spec=spec)
+        spec = _first(self.cluster_agents.get(name))
+        if spec is not None:
+            return ResolvedAgent(ref=f"ClusterAgent/{name}", name=name, spec=spec)
+        return None
+
+
+def _first(values: Iterable[Any] | None) -> Any:
+    return next(iter(values), None) if values is not None else None
+
+
+@dataclass
+class Controller:
+    """The operator's state: its API client, settings, and Jobs it created that the watch has not shown."""
+
+    api: client.ApiClient
+    settings: OperatorSettings
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Jobs created whose watch event has not arrived yet: key -> (namespace, agent ref, job name).
+    requested: dict[TaskKey, tuple[str, str, str]] = field(default_factory=dict)
+    # Status as last written, until the watch delivers that write: the operator is the only writer of
+    # status, so this is never older than what the index shows, and it keeps stale events from
+    # writing (and announcing) the same transition twice.
+    written: dict[TaskKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    retries: dict[TaskKey, asyncio.Task[None]] = field(default_factory=dict)
+
+    def forget(self, key: TaskKey) -> None:
+        """Drops what is remembered of a deleted Task."""
+        self.requested.pop(key, None)
+        self.written.pop(key, None)
+
+    def current_task(self, key: TaskKey, view: ClusterView) -> dict[str, Any] | None:
+        """The Task from the index, with the status this operator last wrote if the index lags behind."""
+        task = view.task(key)
+        if task is None:
+            return None
+        written = self.written.get(key)
+        if written is None:
+            return task
+        version, status = written
+        if task["metadata"].get("resourceVersion") == version:
+            del self.written[key]
+            return task
+        return {**task, "status": status}
+
+    async def handle(self, key: TaskKey | None, view: ClusterView, admit_first: bool = False) -> None:
+        """Reconciles one Task and runs admission; on an API error, tries again later.
+
+        kopf does not retry event handlers, and a level-triggered operator must not lose a change
+        because one request failed, so failures schedule their own retry with a growing delay.
+        """
+        async with self.lock:
+            try:
+                if admit_first:
+                    await self.admit(view)
+                if key is not None:
+                    await self.reconcile(key, view)
+                if not admit_first:
+                    await self.admit(view)
+            except (TimeoutError, ApiException, aiohttp.ClientError, OSError) as error:
+                logger.warning("reconciling %s failed (%s); retrying", key, error)
+                self._retry(key, view)
+
+    def _retry(self, key: TaskKey | None, view: ClusterView, delay: float = 2.0) -> None:
+        if key in self.retries:
+            return
+
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            self.retries.pop(key, None)
+            await self.handle(key, view)
+
+        self.retries[key] = asyncio.get_running_loop().create_task(again())
+
+    # --- admission ---------------------------------------------------------------------------------
+
+    async def admit(self, view: ClusterView) -> None:
+        """Starts as many waiting Tasks as the concurrency limits allow, in priority order."""
+        for key in [key for key in self.requested if view.job(key) is not None or view.task(key) is None]:
+            del self.requested[key]
+        running = [(ns, agent_ref) for (ns, _), refs in view.active_jobs.items() for agent_ref in refs]
+        running += [(ns, agent_ref) for key, (ns, agent_ref, _) in self.requested.items()]
+        candidates: dict[TaskKey, tuple[dict[str, Any], ResolvedAgent]] = {}
+        for key, tasks in view.waiting.items():
+            task = _first(tasks)
+            if task is None or any(True for _ in view.jobs.get(key) or []) or key in self.requested:
+                continue
+            agent = view.resolve_agent(task["metadata"]["namespace"], task["spec"].get("agent", ""))
+            if agent is not None:
+                candidates[key] = (task, agent)
+        if not candidates:
+            return
+        waiting = [
+            QueueEntry(
+                namespace=task["metadata"]["namespace"],
+                name=task["metadata"]["name"],
+                agent=agent.ref,
+                priority=task["spec"].get("priority", "medium"),
+                created=_epoch(task["metadata"].get("creationTimestamp")),
+            )
+            for task, agent in candidates.values()
+        ]
+        per_agent = {}
+        for _, agent in candidates.values():
+            limit = agent.spec.get("maxConcurrent") or self.settings.max_concurrent_per_agent
+            if limit:
+                per_agent[agent.ref] = limit
+        limits = Limits(
+            total=self.settings.max_concurrent,
+            per_namespace=self.settings.max_concurrent_per_namespace,
+            per_agent=per_agent,
+        )
+        chosen = select_admissions(
+            waiting, running, limits, datetime.now(UTC).timestamp(), self.settings.aging_seconds
+        )
+        for entry in chosen:
+            key = (entry.namespace, label_value_for(entry.name))
+            task, agent = candidates[key]
+            await self._start(key, task, agent, view)
+
+    async def _start(
+        self, key: TaskKey, task: dict[str, Any], agent: ResolvedAgent, view: ClusterView
+    ) -> None:
+        meta = task["metadata"]
+        try:
+            task_spec = parse_task_spec(task["spec"])
+            agent_spec = parse_agent_spec(agent.spec)
+        except SpecError as error:
+            await self._fail_without_job(task, "InvalidSpec", str(error))
+            return
+        ref = TaskRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], spec=task_spec)
+        job = render_job(ref, agent_spec, agent.name, self.settings.priority_class_for(task_spec.priority))
+        job["metadata"].setdefault("annotations", {})[ANNOTATION_AGENT_REF] = agent.ref
+        claim = render_workspace_claim(ref)
+        if claim is not None:
+            await _create_ignoring_conflict(
+                client.CoreV1Api(self.api).create_namespaced_persistent_volume_claim(meta["namespace"], claim)
+            )
+        await _create_ignoring_conflict(
+            client.BatchV1Api(self.api).create_namespaced_job(meta["namespace"], job)
+        )
+        self.requested[key] = (meta["namespace"], agent.ref, job["metadata"]["name"])
+        kopf.event(
+            _ref(task), type="Normal", reason="Admitted", message=f"created Job {job['metadata']['name']}"
+        )
+        await self.reconcile(key, view)
+
+    async def _fail_without_job(self, task: dict[str, Any], reason: str, message: str) -> None:
+        now = _now()
+        condition = {"type": "Succeeded", "status": "False", "reason": reason, "message": message}
+        condition["lastTransitionTime"] = now
+        patch = {"phase": "Failed", "reason": reason, "message": message, "completionTime": now}
+        patch["conditions"] = [condition]
+        await self._patch_status(self._key_of(task), task, patch)
+        kopf.event(_ref(task), type="Warning", reason=reason, message=message)
+
+    # --- reconciliation ----------------------------------------------------------------------------
+
+    async def reconcile(self, key: TaskKey, view: ClusterView) -> None:
+        """Brings one Task's status (and its Job, when cancelled or unstartable) in line with the cluster."""
+        task = self.current_task(key, view)
+        if task is None or task["metadata"].get("deletionTimestamp"):
+            return
+        meta, spec, current = task["metadata"], task.get("spec") or {}, task.get("status") or {}
+        if current.get("phase") in TERMINAL_PHASES:
+            return
+        job, pod = view.job(key), view.pod(key)
+        extra: dict[str, Any] = {}
+        stop_job = job is not None and not job.finished and not job.deleting
+        if spec.get("cancel") and stop_job:
+            if pod is not None:
+                extra.update(await self._collect_logs(meta["namespace"], pod))
+            await self._delete_job(meta["namespace"], job.name)
+        elif stop_job and pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
+            await self._delete_job(meta["namespace"], job.name)
+
+        agent = view.resolve_agent(meta["namespace"], spec.get("agent", ""))
+        requested = self.requested.get(key)
+        claim = workspace_claim_name(meta["name"]) if (spec.get("workspace") or {}).get("size") else None
+        seen = Observation(
+            job=job,
+            pod=pod,
+            agent_found=agent is not None,
+            agent_description=_missing_agent(meta["namespace"], spec.get("agent", "")),
+            job_requested=requested[2] if requested and job is None else None,
+            queued_message=self._queued_message(),
+            workspace_claim=claim if (job is not None or requested) else None,
+        )
+        desired = derive_status(task, seen, _now())
+        if job is None and not requested and current.get("jobName") and not spec.get("cancel"):
+            desired = _job_lost(desired, current["jobName"])
+        if (
+            pod is not None
+            and pod.terminated
+            and (current.get("podName") != pod.name or "logTail" not in current)
+        ):
+            extra.update(await self._collect_logs(meta["namespace"], pod))
+        patch = status_changes(current, desired)
+        patch.update({k: v for k, v in extra.items() if current.get(k) != v})
+        if not patch:
+            return
+        await self._patch_status(key, task, patch)
+        if "phase" in patch:
+            _announce(task, desired)
+        if (
+            desired.get("phase") in TERMINAL_PHASES
+            and claim
+            and not (spec.get("workspace") or {}).get("keep", True)
+        ):
+            await _delete_ignoring_missing(
+                client.CoreV1Api(self.api).delete_namespaced_persistent_volume_claim(claim, meta["namespace"])
+            )
+
+    def _queued_message(self) -> str:
+        limits = []
+        if self.settings.max_concurrent:
+            limits.append(f"{self.settings.max_concurrent} in the cluster")
+        if self.settings.max_concurrent_per_namespace:
+            limits.append(f"{self.settings.max_concurrent_per_namespace} per namespace")
+        if self.settings.max_concurrent_per_agent:
+            limits.append(f"{self.settings.max_concurrent_per_agent} per agent")
+        where = f" (at most {', '.join(limits)})" if limits else ""
+        return f"waiting for a free slot under the concurrency limits{where}"
+
+    async def _collect_logs(self, namespace: str, pod: PodView) -> dict[str, Any]:
+        """The last lines of the agent's output (and its result), read before the pod can go away."""
+        collected: dict[str, Any] = {}
+        try:
+            text = await client.CoreV1Api(self.api).read_namespaced_pod_log(
+                pod.name,
+                namespace,
+                container="agent",
+                tail_lines=LOG_TAIL_LINES,
+                limit_bytes=4 * LOG_TAIL_BYTES,
+            )
+            collected["logTail"] = tail_lines(text or "", LOG_TAIL_LINES, LOG_TAIL_BYTES)
+        except ApiException as error:
+            if error.status not in (400, 404):
+                raise
+        if pod.termination_message and pod.exit_code == 0:
+            collected["result"] = pod.termination_message
+        return collected
+
+    async def _delete_job(self, namespace: str, name: str) -> None:
+        # Foreground: the Job stays (and keeps its slot) until its pods are gone, so a cancelled Task
+        # cannot let a queued one start while its agent is still shutting down.
+        await _delete_ignoring_missing(
+            client.BatchV1Api(self.api).delete_namespaced_job(
+                name, namespace, propagation_policy="Foreground"
+            )
+        )
+
+    async def _patch_status(self, key: TaskKey, task: dict[str, Any], patch: dict[str, Any]) -> None:
+        meta = task["metadata"]
+        try:
+            updated = await client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                "tasks",
+                meta["name"],
+                {"status": patch},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            if error.status != 404:  # deleted meanwhile: nothing left to report on
+                raise
+            return
+        self.written[key] = (updated["metadata"]["resourceVersion"], updated.get("status") or {})
+
+    @staticmethod
+    def _key_of(task: dict[str, Any]) -> TaskKey:
+        return (task["metadata"]["namespace"], label_value_for(task["metadata"]["name"]))
+
+
+def _job_lost(desired: dict[str, Any], job_name: str) -> dict[str, Any]:
+    message = f"the Job {job_name} was deleted outside taskyard before the Task finished"
+    lost = {**desired, "phase": "Failed", "reason": "JobDeleted", "message": message}
+    lost["completionTime"] = desired.get("completionTime") or _now()
+    lost["conditions"] = [
+        {**desired["conditions"][0], "status": "False", "reason": "JobDeleted", "message": message}
+    ]
+    return lost
+
+
+def _missing_agent(namespace: str, name: str) -> str:
+    return (
+        f"agent {name!r} not found: no Agent {name!r} in namespace {namespace!r} and no ClusterAgent "
+        f"{name!r}; the Task starts once one exists"
+    )
+
+
+def _announce(task: dict[str, Any], status: dict[str, Any]) -> None:
+    phase, reason, message = status.get("phase"), status.get("reason", ""), status.get("message", "")
+    warning = phase == "Failed" or reason == "AgentNotFound"
+    kopf.event(_ref(task), type="Warning" if warning else "Normal", reason=reason or phase, message=message)
+
+
+def _ref(task: dict[str, Any]) -> dict[str, Any]:
+    meta = task["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Task",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(timestamp: str | None) -> float:
+    if not timestamp:
+        return datetime.now(UTC).timestamp()
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+async def _create_ignoring_conflict(call: Any) -> None:
+    # Deterministic names make creation idempotent: "already exists" means it is already ours.
+    try:
+        await call
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+async def _delete_ignoring_missing(call: Any) -> None:
+    try:
+        await call
+    except ApiException as error:
+        if error.status != 404:
+            raise

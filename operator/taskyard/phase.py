@@ -1,0 +1,300 @@
+"""Phase derivation: what a Task's status should say, from what is observed in the cluster.
+
+Plain functions of plain data. The operator reads the Task, its Job and the Job's newest Pod,
+calls :func:`derive_status`, and writes the result only when it differs from the current status.
+Everything here is deterministic for the same observations (no clock except the ``now`` passed in,
+used only when a phase changes), so an operator restart re-derives the same status and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from taskyard.api import format_duration
+
+PENDING, QUEUED, RUNNING = "Pending", "Queued", "Running"
+SUCCEEDED, FAILED, CANCELLED = "Succeeded", "Failed", "Cancelled"
+TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# Phases never move to a lower rank: a stale observation cannot take a Task backwards.
+_RANK = {PENDING: 0, QUEUED: 0, RUNNING: 1, SUCCEEDED: 2, FAILED: 2, CANCELLED: 2}
+
+# Waiting reasons of a container whose image can never start; the kubelet would retry them forever.
+IMAGE_PULL_FAILURES = frozenset({"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
+
+# Job failure reasons (batch/v1 Job condition `Failed`) and the Task reason each becomes.
+_JOB_FAILURE_REASONS = {
+    "DeadlineExceeded": "DeadlineExceeded",
+    "BackoffLimitExceeded": "BackoffLimitExceeded",
+    "PodFailurePolicy": "NonRetryableExitCode",
+}
+
+# Status fields this module owns; logTail and result are filled by the operator from the pod.
+MANAGED_FIELDS = (
+    "phase",
+    "reason",
+    "message",
+    "conditions",
+    "jobName",
+    "podName",
+    "attempts",
+    "queuedAt",
+    "startTime",
+    "completionTime",
+    "duration",
+    "exitCode",
+    "workspace",
+    "observedGeneration",
+)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """The parts of a batch/v1 Job that decide a Task's phase."""
+
+    name: str
+    uid: str = ""
+    owner_uid: str = ""  # the Task that owns this Job (a re-created Task of the same name has another uid)
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None
+    failed_message: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    deleting: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether the Job reached Complete or Failed."""
+        return self.complete or self.failed_reason is not None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> JobView:
+        """Extracts the view from a Job object as the API returns it."""
+        status = body.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        failed = conditions.get("Failed")
+        complete = conditions.get("Complete")
+        completion_time = status.get("completionTime")
+        if failed and not completion_time:
+            completion_time = failed.get("lastTransitionTime")
+        owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("controller")), {})
+        return cls(
+            name=body["metadata"]["name"],
+            uid=body["metadata"].get("uid", ""),
+            owner_uid=owner.get("uid", ""),
+            active=status.get("active") or 0,
+            succeeded=status.get("succeeded") or 0,
+            failed=status.get("failed") or 0,
+            complete=complete is not None,
+            failed_reason=(failed.get("reason") or "Failed") if failed else None,
+            failed_message=failed.get("message") if failed else None,
+            start_time=status.get("startTime"),
+            completion_time=completion_time,
+            deleting=bool(body["metadata"].get("deletionTimestamp")),
+        )
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The parts of a Task's pod (its agent container) that show in the Task status."""
+
+    name: str
+    created: str
+    job_uid: str = ""
+    phase: str = "Pending"
+    image: str = ""
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    running: bool = False
+    exit_code: int | None = None
+    terminated_reason: str | None = None
+    termination_message: str | None = None
+
+    @property
+    def terminated(self) -> bool:
+        """Whether the agent container has ended."""
+        return self.exit_code is not None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], container: str = "agent") -> PodView:
+        """Extracts the view from a Pod object, reading the named container's state."""
+        status = body.get("status") or {}
+        spec_containers = (body.get("spec") or {}).get("containers") or []
+        image = next((c.get("image", "") for c in spec_containers if c.get("name") == container), "")
+        state: dict[str, Any] = {}
+        for item in status.get("containerStatuses") or []:
+            if item.get("name") == container:
+                state = item.get("state") or {}
+        waiting = state.get("waiting") or {}
+        terminated = state.get("terminated")
+        owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("controller")), {})
+        return cls(
+            name=body["metadata"]["name"],
+            created=body["metadata"].get("creationTimestamp") or "",
+            job_uid=owner.get("uid", ""),
+            phase=status.get("phase") or "Pending",
+            image=image,
+            waiting_reason=waiting.get("reason"),
+            waiting_message=waiting.get("message"),
+            running="running" in state,
+            exit_code=terminated.get("exitCode") if terminated else None,
+            terminated_reason=terminated.get("reason") if terminated else None,
+            termination_message=(terminated.get("message") or None) if terminated else None,
+        )
+
+
+def newest_pod(pods: list[PodView]) -> PodView | None:
+    """The pod of the latest attempt (creation time, then name, so the choice is stable)."""
+    return max(pods, key=lambda pod: (pod.created, pod.name), default=None)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything known about one Task at one moment, besides the Task itself."""
+
+    job: JobView | None = None
+    pod: PodView | None = None
+    agent_found: bool = True
+    agent_description: str = ""
+    # The name of a Job the operator created that its watch has not shown yet.
+    job_requested: str | None = None
+    queued_message: str = "waiting for a free slot under the concurrency limits"
+    workspace_claim: str | None = None
+
+
+def derive_status(task: dict[str, Any], seen: Observation, now: str) -> dict[str, Any]:
+    """The status the Task should have, as a dict of the fields in MANAGED_FIELDS.
+
+    ``task`` is the Task object (metadata, spec, status); ``now`` is an RFC 3339 timestamp used only
+    for times that nothing in the cluster records (when a Task was queued or cancelled).
+    """
+    current: dict[str, Any] = dict(task.get("status") or {})
+    spec = task.get("spec") or {}
+    current_phase = current.get("phase")
+    if current_phase in TERMINAL_PHASES:
+        return {field: current[field] for field in MANAGED_FIELDS if field in current}
+
+    status: dict[str, Any] = {"observedGeneration": task["metadata"].get("generation", 1)}
+    if seen.workspace_claim:
+        status["workspace"] = seen.workspace_claim
+    job, pod = seen.job, seen.pod
+    if job is not None:
+        status["jobName"] = job.name
+        status["attempts"] = (
+            job.succeeded + job.failed + job.active if not job.finished else _finished_attempts(job)
+        )
+        if job.start_time:
+            status["startTime"] = job.start_time
+    elif seen.job_requested:
+        status["jobName"] = seen.job_requested
+    if pod is not None:
+        status["podName"] = pod.name
+        if pod.exit_code is not None:
+            status["exitCode"] = pod.exit_code
+    if current.get("queuedAt"):
+        status["queuedAt"] = current["queuedAt"]
+
+    phase, reason, message = _phase_of(spec, seen)
+    if phase in TERMINAL_PHASES:
+        status["completionTime"] = (job.completion_time if job and job.finished else None) or now
+        if status.get("startTime"):
+            status["duration"] = _duration_between(status["startTime"], status["completionTime"])
+    if phase == QUEUED and "queuedAt" not in status:
+        status["queuedAt"] = now
+
+    if current_phase and _RANK[phase] < _RANK[current_phase]:
+        # A stale observation (the watch lags behind our own writes): keep what we had.
+        return {field: current[field] for field in MANAGED_FIELDS if field in current}
+
+    status.update(phase=phase, reason=reason, message=message)
+    status["conditions"] = [_succeeded_condition(current, phase, reason, message, status, now)]
+    return status
+
+
+def _finished_attempts(job: JobView) -> int:
+    return max(job.succeeded + job.failed, 1)
+
+
+def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
+    job, pod = seen.job, seen.pod
+    if spec.get("cancel"):
+        return CANCELLED, "Cancelled", "cancelled by spec.cancel; the Job and its pods were deleted"
+    if job is not None and job.complete:
+        return SUCCEEDED, "Completed", "the agent finished with exit code 0"
+    if job is not None and job.failed_reason is not None:
+        return FAILED, *_failure(job, pod)
+    if pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
+        detail = f": {pod.waiting_message}" if pod.waiting_message else ""
+        return FAILED, "ImagePullFailed", f"the agent image {pod.image!r} cannot be pulled{detail}"
+    if job is not None or seen.job_requested:
+        if pod is not None and pod.running:
+            return RUNNING, "Running", f"the agent is running in pod {pod.name}"
+        if pod is not None and pod.waiting_reason and pod.waiting_reason != "ContainerCreating":
+            return (
+                RUNNING,
+                pod.waiting_reason,
+                pod.waiting_message or f"the agent container is {pod.waiting_reason}",
+            )
+        return RUNNING, "Starting", "the Job is created; waiting for its pod to start"
+    if not seen.agent_found:
+        return PENDING, "AgentNotFound", seen.agent_description
+    return QUEUED, "WaitingForCapacity", seen.queued_message
+
+
+def _failure(job: JobView, pod: PodView | None) -> tuple[str, str]:
+    reason = _JOB_FAILURE_REASONS.get(job.failed_reason or "", job.failed_reason or "Failed")
+    exit_code = pod.exit_code if pod is not None else None
+    if reason == "DeadlineExceeded":
+        return reason, "the Task ran longer than its timeout and was stopped"
+    if reason == "NonRetryableExitCode":
+        return reason, f"the agent exited with code {exit_code}, which its Agent marks as not worth retrying"
+    if reason == "BackoffLimitExceeded":
+        attempts = _finished_attempts(job)
+        tries = "attempt" if attempts == 1 else "attempts"
+        return reason, f"the agent failed (last exit code {exit_code}) after {attempts} {tries}"
+    return reason, job.failed_message or "the Job failed"
+
+
+def _succeeded_condition(
+    current: dict[str, Any], phase: str, reason: str, message: str, status: dict[str, Any], now: str
+) -> dict[str, Any]:
+    value = {SUCCEEDED: "True", FAILED: "False", CANCELLED: "False"}.get(phase, "Unknown")
+    previous = next((c for c in current.get("conditions") or [] if c.get("type") == "Succeeded"), None)
+    changed_at = previous["lastTransitionTime"] if previous and previous.get("status") == value else now
+    return {
+        "type": "Succeeded",
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": changed_at,
+        "observedGeneration": status["observedGeneration"],
+    }
+
+
+def _duration_between(start: str, end: str) -> str:
+    started = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    return format_duration(max((ended - started).total_seconds(), 0))
+
+
+def status_changes(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns ``current`` into ``desired`` for the managed fields (None: no change)."""
+    patch = {field: value for field, value in desired.items() if current.get(field) != value}
+    for field in MANAGED_FIELDS:
+        if field in current and field not in desired:
+            patch[field] = None
+    return patch
+
+
+def tail_lines(text: str, lines: int = 50, max_bytes: int = 8192) -> str:
+    """The last ``lines`` lines of ``text``, further cut from the front to at most ``max_bytes`` bytes."""
+    kept = "\n".join(text.rstrip("\n").split("\n")[-lines:])
+    encoded = kept.encode()
+    if len(encoded) > max_bytes:
+        kept = encoded[-max_bytes:].decode(errors="ignore")
+        kept = kept.split("\n", 1)[1] if "\n" in kept else kept
+    return kept

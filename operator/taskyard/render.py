@@ -1,0 +1,317 @@
+"""Turn a Task and its agent into the Kubernetes objects that run it: a Job and, if asked, a workspace claim.
+
+Everything here is a pure function of plain data, so the exact objects the operator creates can be
+checked without a cluster.
+"""
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from taskyard import api
+from taskyard.api import AgentSpec, TaskSpec
+
+CONTAINER_NAME = "agent"
+WORKSPACE_VOLUME = "workspace"
+WORKSPACE_PATH = "/workspace"
+PROMPT_VOLUME = "prompt"
+PROMPT_DIR = "/etc/taskyard"
+PROMPT_FILE_NAME = "prompt"
+PROMPT_FILE = f"{PROMPT_DIR}/{PROMPT_FILE_NAME}"
+DEFAULT_TIMEOUT = "1h"
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "512Mi"},
+}
+MANAGED_BY = "taskyard"
+APP_NAME = "taskyard-task"
+
+# Job names end up in the Pods' batch.kubernetes.io/job-name label, and label values stop at 63 characters.
+_MAX_LABEL_VALUE = 63
+_HASH_CHARS = 10
+_KEPT_PREFIX = _MAX_LABEL_VALUE - _HASH_CHARS - 1
+_MAX_OBJECT_NAME = 253
+_WORKSPACE_SUFFIX = "-workspace"
+
+
+def _shortened(name: str) -> str:
+    if len(name) <= _MAX_LABEL_VALUE:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_HASH_CHARS]
+    # A '.' before the '-' would leave an empty DNS label ("a.-b"), so it goes as well as a trailing '-'.
+    return f"{name[:_KEPT_PREFIX].rstrip('-.')}-{digest}"
+
+
+def job_name_for(task_name: str) -> str:
+    """The Job name of a Task: its name, or beyond 63 characters a shortened form that is still unique."""
+    return _shortened(task_name)
+
+
+def label_value_for(name: str) -> str:
+    """A label value standing for an object name; names longer than 63 characters are shortened like Jobs."""
+    return _shortened(name)
+
+
+def workspace_claim_name(task_name: str) -> str:
+    """The name of the PersistentVolumeClaim that holds a Task's /workspace."""
+    name = job_name_for(task_name) + _WORKSPACE_SUFFIX
+    return name[:_MAX_OBJECT_NAME]
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """The parts of a Task object that rendering needs."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: TaskSpec
+
+
+def _labels(task: TaskRef, agent_name: str) -> dict[str, str]:
+    # The Task's own labels are deliberately not copied: GitOps tools track what they own by label, and
+    # would adopt (and prune) the Jobs and claims the operator creates.
+    return {
+        api.LABEL_TASK: label_value_for(task.name),
+        api.LABEL_AGENT: label_value_for(agent_name),
+        api.LABEL_PRIORITY: task.spec.priority,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": APP_NAME,
+    }
+
+
+def _owner_references(task: TaskRef) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "Task",
+            "name": task.name,
+            "uid": task.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def _uses_claim(spec: TaskSpec) -> bool:
+    return spec.workspace is not None and spec.workspace.size is not None
+
+
+def _merged_env(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per name: a later entry replaces an earlier one, which keeps its position."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        by_name[entry["name"]] = entry
+    return list(by_name.values())
+
+
+def _env(task: TaskRef, agent: AgentSpec) -> list[dict[str, Any]]:
+    spec = task.spec
+    entries: list[dict[str, Any]] = [
+        {"name": "TASK_ID", "value": task.uid},
+        {"name": "TASK_NAME", "value": task.name},
+        {"name": "TASK_NAMESPACE", "value": task.namespace},
+        {"name": "TASK_PRIORITY", "value": spec.priority},
+        {"name": "TASK_PROMPT_FILE", "value": PROMPT_FILE},
+    ]
+    if spec.prompt is not None:
+        entries.append({"name": "TASK_PROMPT", "value": spec.prompt})
+    elif spec.prompt_from is not None and spec.prompt_from.config_map_key_ref is not None:
+        ref = spec.prompt_from.config_map_key_ref
+        entries.append(
+            {"name": "TASK_PROMPT", "valueFrom": {"configMapKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    elif spec.prompt_from is not None and spec.prompt_from.secret_key_ref is not None:
+        ref = spec.prompt_from.secret_key_ref
+        entries.append(
+            {"name": "TASK_PROMPT", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
+    if spec.provider is not None:
+        entries.append({"name": "TASK_PROVIDER", "value": spec.provider})
+    if spec.model is not None:
+        entries.append({"name": "TASK_MODEL", "value": spec.model})
+    entries.extend(agent.env or [])
+    entries.extend(spec.env or [])
+    return _merged_env(copy.deepcopy(entries))
+
+
+def _prompt_volume(spec: TaskSpec) -> dict[str, Any]:
+    if spec.prompt is not None:
+        # The inline prompt reaches the file through the Pod's own annotation, so no ConfigMap has to be
+        # created, owned and cleaned up for it.
+        field_path = f"metadata.annotations['{api.ANNOTATION_PROMPT}']"
+        return {
+            "name": PROMPT_VOLUME,
+            "downwardAPI": {"items": [{"path": PROMPT_FILE_NAME, "fieldRef": {"fieldPath": field_path}}]},
+        }
+    source = spec.prompt_from
+    if source is not None and source.config_map_key_ref is not None:
+        ref = source.config_map_key_ref
+        items = [{"key": ref.key, "path": PROMPT_FILE_NAME}]
+        return {"name": PROMPT_VOLUME, "configMap": {"name": ref.name, "items": items}}
+    if source is not None and source.secret_key_ref is not None:
+        ref = source.secret_key_ref
+        items = [{"key": ref.key, "path": PROMPT_FILE_NAME}]
+        return {"name": PROMPT_VOLUME, "secret": {"secretName": ref.name, "items": items}}
+    raise ValueError(f"the Task has no prompt; {api.EXACTLY_ONE_PROMPT}")
+
+
+def _workspace_volume(task: TaskRef) -> dict[str, Any]:
+    if _uses_claim(task.spec):
+        return {
+            "name": WORKSPACE_VOLUME,
+            "persistentVolumeClaim": {"claimName": workspace_claim_name(task.name)},
+        }
+    return {"name": WORKSPACE_VOLUME, "emptyDir": {}}
+
+
+def _pod_security_context(agent: AgentSpec) -> dict[str, Any]:
+    ids = agent.security_context or api.AgentSecurityContext()
+
+    def chosen(value: int | None) -> int:
+        return api.NON_ROOT_DEFAULT_ID if value is None else value
+
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": chosen(ids.run_as_user),
+        "runAsGroup": chosen(ids.run_as_group),
+        "fsGroup": chosen(ids.fs_group),
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container(task: TaskRef, agent: AgentSpec) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": agent.image,
+        "imagePullPolicy": "IfNotPresent",
+    }
+    if agent.command is not None:
+        container["command"] = list(agent.command)
+    if agent.args is not None:
+        container["args"] = list(agent.args)
+    container["workingDir"] = WORKSPACE_PATH
+    container["env"] = _env(task, agent)
+    if agent.env_from:
+        container["envFrom"] = copy.deepcopy(agent.env_from)
+    # Copies, so that whoever edits the returned Job cannot change the parsed spec or the defaults.
+    container["resources"] = copy.deepcopy(
+        agent.resources if agent.resources is not None else DEFAULT_RESOURCES
+    )
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    # Without a termination message the last log lines become one, so a crash still says why.
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    container["volumeMounts"] = [
+        {"name": WORKSPACE_VOLUME, "mountPath": WORKSPACE_PATH},
+        {"name": PROMPT_VOLUME, "mountPath": PROMPT_DIR, "readOnly": True},
+    ]
+    return container
+
+
+def _pod_failure_policy(agent: AgentSpec) -> dict[str, Any]:
+    # An evicted or preempted Pod did nothing wrong, so it must not use up a retry.
+    rules: list[dict[str, Any]] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+    if agent.non_retryable_exit_codes:
+        rules.append(
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER_NAME,
+                    "operator": "In",
+                    # The API server wants these sorted and unique.
+                    "values": sorted(set(agent.non_retryable_exit_codes)),
+                },
+            }
+        )
+    return {"rules": rules}
+
+
+def render_job(
+    task: TaskRef, agent: AgentSpec, agent_name: str, priority_class: str | None = None
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs `task` with `agent`, owned by the Task.
+
+    `agent_name` is the name of the Agent or ClusterAgent object; it goes into the taskyard.dev/agent label.
+    Raises ValueError when the Task has no prompt or its timeout is not a duration.
+    """
+    spec = task.spec
+    labels = _labels(task, agent_name)
+    retries = spec.retries if spec.retries is not None else agent.retries
+    timeout = api.parse_duration(spec.timeout or agent.timeout or DEFAULT_TIMEOUT)
+
+    template_metadata: dict[str, Any] = {"labels": dict(labels)}
+    if spec.prompt is not None:
+        template_metadata["annotations"] = {api.ANNOTATION_PROMPT: spec.prompt}
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": agent.automount_service_account_token,
+    }
+    if agent.service_account_name:
+        pod_spec["serviceAccountName"] = agent.service_account_name
+    pod_spec["terminationGracePeriodSeconds"] = agent.termination_grace_period_seconds
+    # Service links inject an env var per Service in the namespace: noise for the agent, and a leak of names.
+    pod_spec["enableServiceLinks"] = False
+    pod_spec["securityContext"] = _pod_security_context(agent)
+    if agent.node_selector:
+        pod_spec["nodeSelector"] = dict(agent.node_selector)
+    if agent.tolerations:
+        pod_spec["tolerations"] = copy.deepcopy(agent.tolerations)
+    if priority_class:
+        pod_spec["priorityClassName"] = priority_class
+    pod_spec["containers"] = [_container(task, agent)]
+    pod_spec["volumes"] = [_workspace_volume(task), _prompt_volume(spec)]
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name_for(task.name),
+            "namespace": task.namespace,
+            "labels": labels,
+            "ownerReferences": _owner_references(task),
+        },
+        "spec": {
+            "parallelism": 1,
+            "completions": 1,
+            "backoffLimit": retries,
+            "activeDeadlineSeconds": timeout,
+            # Needs restartPolicy Never, which the template has.
+            "podFailurePolicy": _pod_failure_policy(agent),
+            "template": {"metadata": template_metadata, "spec": pod_spec},
+        },
+    }
+
+
+def render_workspace_claim(task: TaskRef, agent_name: str | None = None) -> dict[str, Any] | None:
+    """The PersistentVolumeClaim for the Task's /workspace, or None when the Task asks for no size.
+
+    The claim is owned by the Task, so it goes when the Task is deleted. Its labels match the Job's;
+    `agent_name` defaults to the name in spec.agent.
+    """
+    workspace = task.spec.workspace
+    if workspace is None or workspace.size is None:
+        return None
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": workspace.size}},
+    }
+    if workspace.storage_class_name:
+        claim_spec["storageClassName"] = workspace.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": workspace_claim_name(task.name),
+            "namespace": task.namespace,
+            "labels": _labels(task, agent_name or task.spec.agent),
+            "ownerReferences": _owner_references(task),
+        },
+        "spec": claim_spec,
+    }

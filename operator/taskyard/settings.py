@@ -1,0 +1,71 @@
+"""Operator settings, read once from the environment at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What an operator deployment decides for every Task it manages.
+
+    Concurrency limits of ``None`` mean unlimited. A per-agent limit set on the Agent itself
+    (``spec.maxConcurrent``) wins over ``max_concurrent_per_agent``.
+    """
+
+    max_concurrent: int | None = None
+    max_concurrent_per_namespace: int | None = None
+    max_concurrent_per_agent: int | None = None
+    # A waiting Task climbs one priority level per this many seconds, so low work cannot starve.
+    aging_seconds: float = 600.0
+    # Map priorities to PriorityClasses named taskyard-<priority> (the Helm chart can create them).
+    priority_classes: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
+        """Reads TASKYARD_* variables; raises ValueError naming the variable and what it accepts."""
+        return cls(
+            max_concurrent=_limit(env, "TASKYARD_MAX_CONCURRENT"),
+            max_concurrent_per_namespace=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_NAMESPACE"),
+            max_concurrent_per_agent=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_AGENT"),
+            aging_seconds=_seconds(env, "TASKYARD_AGING_SECONDS", default=600.0),
+            priority_classes=_flag(env, "TASKYARD_PRIORITY_CLASSES"),
+        )
+
+    def priority_class_for(self, priority: str) -> str | None:
+        """The PriorityClass a Task of this priority runs with, if priority classes are enabled."""
+        return f"taskyard-{priority}" if self.priority_classes else None
+
+
+def _limit(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if raw in ("", "0"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name}={raw!r}: expected a whole number of Tasks (0 or unset means no limit)")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds (0 disables aging)") from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{name}={raw!r}: expected true or false")
