@@ -49,6 +49,8 @@ logger = logging.getLogger("taskyard")
 # (namespace, value of the taskyard.dev/task label): how Tasks, their Jobs and their Pods find each other.
 TaskKey = tuple[str, str]
 ANNOTATION_AGENT_REF = "taskyard.dev/agent-ref"
+# When the operator admitted the Task, to the microsecond (metadata timestamps only have seconds).
+ANNOTATION_ADMITTED_AT = "taskyard.dev/admitted-at"
 MERGE_PATCH = "application/merge-patch+json"
 LOG_TAIL_LINES = 50
 LOG_TAIL_BYTES = 8192
@@ -120,11 +122,14 @@ class Controller:
     # writing (and announcing) the same transition twice.
     written: dict[TaskKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     retries: dict[TaskKey, asyncio.Task[None]] = field(default_factory=dict)
+    # The pod whose output is in status.logTail; after a restart it is read once more, which is harmless.
+    logs_collected_from: dict[TaskKey, str] = field(default_factory=dict)
 
     def forget(self, key: TaskKey) -> None:
         """Drops what is remembered of a deleted Task."""
         self.requested.pop(key, None)
         self.written.pop(key, None)
+        self.logs_collected_from.pop(key, None)
 
     def current_task(self, key: TaskKey, view: ClusterView) -> dict[str, Any] | None:
         """The Task from the index, with the status this operator last wrote if the index lags behind."""
@@ -179,8 +184,12 @@ class Controller:
         running += [(ns, agent_ref) for key, (ns, agent_ref, _) in self.requested.items()]
         candidates: dict[TaskKey, tuple[dict[str, Any], ResolvedAgent]] = {}
         for key, tasks in view.waiting.items():
-            task = _first(tasks)
-            if task is None or any(True for _ in view.jobs.get(key) or []) or key in self.requested:
+            if _first(tasks) is None or any(True for _ in view.jobs.get(key) or []) or key in self.requested:
+                continue
+            # The index may not show our latest status write yet; that write is the truth.
+            task = self.current_task(key, view) or _first(tasks)
+            status = task.get("status") or {}
+            if status.get("jobName") or status.get("phase") in TERMINAL_PHASES:
                 continue
             agent = view.resolve_agent(task["metadata"]["namespace"], task["spec"].get("agent", ""))
             if agent is not None:
@@ -227,7 +236,9 @@ class Controller:
             return
         ref = TaskRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], spec=task_spec)
         job = render_job(ref, agent_spec, agent.name, self.settings.priority_class_for(task_spec.priority))
-        job["metadata"].setdefault("annotations", {})[ANNOTATION_AGENT_REF] = agent.ref
+        annotations = job["metadata"].setdefault("annotations", {})
+        annotations[ANNOTATION_AGENT_REF] = agent.ref
+        annotations[ANNOTATION_ADMITTED_AT] = datetime.now(UTC).isoformat(timespec="microseconds")
         claim = render_workspace_claim(ref)
         if claim is not None:
             await _create_ignoring_conflict(
@@ -286,12 +297,9 @@ class Controller:
         desired = derive_status(task, seen, _now())
         if job is None and not requested and current.get("jobName") and not spec.get("cancel"):
             desired = _job_lost(desired, current["jobName"])
-        if (
-            pod is not None
-            and pod.terminated
-            and (current.get("podName") != pod.name or "logTail" not in current)
-        ):
+        if pod is not None and pod.terminated and self.logs_collected_from.get(key) != pod.name:
             extra.update(await self._collect_logs(meta["namespace"], pod))
+            self.logs_collected_from[key] = pod.name
         patch = status_changes(current, desired)
         patch.update({k: v for k, v in extra.items() if current.get(k) != v})
         if not patch:

@@ -69,16 +69,18 @@ def task_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Tas
     return {_key(namespace, name): _task_snapshot(body)}
 
 
-@kopf.index(*TASKS)
-def waiting_index(
-    namespace: str, name: str, body: kopf.Body, **_: Any
-) -> dict[TaskKey, dict[str, Any]] | None:
-    # Tasks that may still need a Job: never admitted, not cancelled, not finished.
+def _may_need_a_job(body: kopf.Body, **_: Any) -> bool:
+    # Never admitted, not cancelled, not finished, not being deleted.
     status, spec = body.get("status") or {}, body.get("spec") or {}
     if status.get("phase") in TERMINAL_PHASES or status.get("jobName") or spec.get("cancel"):
-        return None
-    if body["metadata"].get("deletionTimestamp"):
-        return None
+        return False
+    return not body["metadata"].get("deletionTimestamp")
+
+
+# A `when=` filter (not a None result) takes an object out of an index: kopf keeps the previous value
+# of an object whose indexer returns None.
+@kopf.index(*TASKS, when=_may_need_a_job)
+def waiting_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[TaskKey, dict[str, Any]]:
     return {_key(namespace, name): _task_snapshot(body)}
 
 
@@ -87,13 +89,13 @@ def job_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) ->
     return {(namespace, labels[LABEL_TASK]): JobView.from_body(dict(body))}
 
 
-@kopf.index("batch", "v1", "jobs", labels=OWNED)
-def active_job_index(
-    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[TaskKey, str] | None:
-    # A Job holds its slot until it has finished or, when deleted, until its pods are gone.
-    if JobView.from_body(dict(body)).finished:
-        return None
+def _unfinished(body: kopf.Body, **_: Any) -> bool:
+    return not JobView.from_body(dict(body)).finished
+
+
+# A Job holds its slot until it has finished or, when deleted, until its pods are gone.
+@kopf.index("batch", "v1", "jobs", labels=OWNED, when=_unfinished)
+def active_job_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[TaskKey, str]:
     return {
         (namespace, labels[LABEL_TASK]): body["metadata"].get("annotations", {}).get(ANNOTATION_AGENT_REF, "")
     }

@@ -251,11 +251,13 @@ def _failure(job: JobView, pod: PodView | None) -> tuple[str, str]:
     if reason == "DeadlineExceeded":
         return reason, "the Task ran longer than its timeout and was stopped"
     if reason == "NonRetryableExitCode":
-        return reason, f"the agent exited with code {exit_code}, which its Agent marks as not worth retrying"
+        code = f"code {exit_code}, which" if exit_code is not None else "an exit code that"
+        return reason, f"the agent exited with {code} its Agent marks as not worth retrying"
     if reason == "BackoffLimitExceeded":
         attempts = _finished_attempts(job)
         tries = "attempt" if attempts == 1 else "attempts"
-        return reason, f"the agent failed (last exit code {exit_code}) after {attempts} {tries}"
+        code = f" (last exit code {exit_code})" if exit_code is not None else ""
+        return reason, f"the agent failed{code} after {attempts} {tries}"
     return reason, job.failed_message or "the Job failed"
 
 
@@ -295,6 +297,8 @@ def tail_lines(text: str, lines: int = 50, max_bytes: int = 8192) -> str:
     kept = "\n".join(text.rstrip("\n").split("\n")[-lines:])
     encoded = kept.encode()
     if len(encoded) > max_bytes:
+        starts_on_a_line = encoded[-max_bytes - 1 : -max_bytes] == b"\n"
         kept = encoded[-max_bytes:].decode(errors="ignore")
-        kept = kept.split("\n", 1)[1] if "\n" in kept else kept
+        if not starts_on_a_line and "\n" in kept:
+            kept = kept.split("\n", 1)[1]  # drop the partial first line
     return kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class OperatorSettings:
 
 def _limit(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name, "").strip()
-    if raw in ("", "0"):
+    if not raw:
         return None
     try:
         value = int(raw)
@@ -49,7 +50,7 @@ def _limit(env: Mapping[str, str], name: str) -> int | None:
         value = -1
     if value < 0:
         raise ValueError(f"{name}={raw!r}: expected a whole number of Tasks (0 or unset means no limit)")
-    return value
+    return value or None
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -57,15 +58,18 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a number of seconds (0 disables aging)") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds (0 disables aging)")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
+    raw = env.get(name, "").strip()
+    if raw.lower() in ("", "0", "false", "no"):
         return False
-    if raw in ("1", "true", "yes"):
+    if raw.lower() in ("1", "true", "yes"):
         return True
     raise ValueError(f"{name}={raw!r}: expected true or false")

@@ -10,9 +10,14 @@ from tests.conftest import SHELL_IMAGE, Cluster
 
 pytestmark = pytest.mark.smoke
 
+SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 RESTRICTED_POD = {
     "restartPolicy": "Never",
-    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
 }
 RESTRICTED_CONTAINER = {
     "image": SHELL_IMAGE,
@@ -33,7 +38,12 @@ def run_job(
     container = {"name": "main", "command": ["sh", "-c", script], **RESTRICTED_CONTAINER}
     if volume_mounts:
         container["volumeMounts"] = volume_mounts
-    pod = {"automountServiceAccountToken": False, **RESTRICTED_POD, **(pod_fields or {}), "containers": [container]}
+    pod = {
+        "automountServiceAccountToken": False,
+        **RESTRICTED_POD,
+        **(pod_fields or {}),
+        "containers": [container],
+    }
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -86,7 +96,7 @@ def test_pod_authenticates_to_the_api_server_through_the_kubernetes_service(
         "token=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token); "
         'wget -q -O- --header "Authorization: Bearer $token" --header "Content-Type: application/json" '
         '--post-data \'{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}\' '
-        '"https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/selfsubjectreviews" 2>/dev/null'
+        f'"https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT{SELF_SUBJECT_REVIEWS}" 2>/dev/null'
     )
     run_job(cluster, namespace, "whoami", script, {"automountServiceAccountToken": True})
 
@@ -96,4 +106,6 @@ def test_pod_authenticates_to_the_api_server_through_the_kubernetes_service(
     ).stdout
 
     assert host == service_ip
-    assert json.loads(review)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:default"
+    assert (
+        json.loads(review)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:default"
+    )

@@ -1,0 +1,140 @@
+"""A Task's life on a real cluster: Job, pod, status, logs, exit codes, retries, timeouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import SHELL_IMAGE
+from tests.integration.conftest import SHELL_AGENT, Kube, OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_successful_task_reports_logs_exit_code_and_runs_isolated(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    script = 'echo "one"; echo "two"; echo "id=$TASK_ID name=$TASK_NAME"; ls /workspace; id -u'
+    created = kube.create("Task", "hello", {"agent": shell_agent, "prompt": script})
+
+    task = kube.wait_for_phase("hello", "Succeeded")
+
+    status = task["status"]
+    uid = created["metadata"]["uid"]
+    assert status["exitCode"] == 0
+    assert status["reason"] == "Completed"
+    assert status["jobName"] == "hello"
+    assert status["attempts"] == 1
+    assert status["logTail"].splitlines() == ["one", "two", f"id={uid} name=hello", "65532"]
+    assert status["duration"].endswith("s")
+    condition = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert condition["status"] == "True"
+    # kubectl works on the Task and its Job the way users expect.
+    waited = kube.cluster.kubectl("-n", kube.namespace, "wait", "--for=condition=Succeeded", "task/hello")
+    assert "condition met" in waited.stdout
+    logs = kube.cluster.kubectl("-n", kube.namespace, "logs", "job/hello").stdout
+    assert logs.splitlines()[:2] == ["one", "two"]
+
+    [job] = kube.jobs("hello")
+    assert job.metadata.owner_references[0].uid == uid
+    assert job.metadata.owner_references[0].controller is True
+    assert job.metadata.labels["taskyard.dev/task"] == "hello"
+    assert job.metadata.labels["taskyard.dev/agent"] == "shell"
+    pod_spec = job.spec.template.spec
+    container = pod_spec.containers[0]
+    assert pod_spec.automount_service_account_token is False
+    assert pod_spec.security_context.run_as_non_root is True
+    assert pod_spec.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert container.security_context.allow_privilege_escalation is False
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert container.resources.limits and container.resources.requests
+    assert pod_spec.termination_grace_period_seconds == 10
+    assert any(v.name == "workspace" and v.empty_dir is not None for v in pod_spec.volumes)
+
+
+def test_failing_task_reports_its_exit_code(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
+    kube.create("Task", "broken", {"agent": shell_agent, "prompt": "echo trying; exit 3"})
+
+    task = kube.wait_for_phase("broken", "Failed")
+
+    assert task["status"]["exitCode"] == 3
+    assert task["status"]["reason"] == "BackoffLimitExceeded"
+    assert "exit code 3" in task["status"]["message"]
+    assert task["status"]["logTail"] == "trying"
+    condition = next(c for c in task["status"]["conditions"] if c["type"] == "Succeeded")
+    assert condition["status"] == "False"
+
+
+def test_retry_runs_a_second_attempt_on_the_same_workspace(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    # The first attempt leaves a mark on the persistent workspace and fails; the retry finds it.
+    script = "if [ -f /workspace/tried ]; then echo second-attempt; else touch /workspace/tried; exit 1; fi"
+    spec = {"agent": shell_agent, "prompt": script, "retries": 2, "workspace": {"size": "64Mi"}}
+    kube.create("Task", "flaky", spec)
+
+    task = kube.wait_for_phase("flaky", "Succeeded", timeout=180)
+
+    assert task["status"]["attempts"] == 2
+    assert task["status"]["logTail"] == "second-attempt"
+    assert task["status"]["workspace"] == "flaky-workspace"
+    claim = kube.core.read_namespaced_persistent_volume_claim("flaky-workspace", kube.namespace)
+    assert claim.status.phase == "Bound"
+
+
+def test_non_retryable_exit_code_ends_the_task_at_once(kube: Kube, operator: OperatorProcess) -> None:
+    kube.create("Agent", "strict", {**SHELL_AGENT, "nonRetryableExitCodes": [42]})
+    kube.create("Task", "fatal", {"agent": "strict", "prompt": "exit 42", "retries": 5})
+
+    task = kube.wait_for_phase("fatal", "Failed")
+
+    assert task["status"]["reason"] == "NonRetryableExitCode"
+    assert task["status"]["attempts"] == 1
+    assert "42" in task["status"]["message"]
+
+
+def test_timeout_stops_the_task_with_deadline_exceeded(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    kube.create("Task", "slow", {"agent": shell_agent, "prompt": "echo started; sleep 300", "timeout": "5s"})
+
+    task = kube.wait_for_phase("slow", "Failed", timeout=90)
+
+    assert task["status"]["reason"] == "DeadlineExceeded"
+    kube.wait_for("the timed-out pod to be gone", lambda: not kube.pods("slow"), timeout=60)
+
+
+def test_image_that_cannot_be_pulled_fails_the_task(kube: Kube, operator: OperatorProcess) -> None:
+    kube.create("Agent", "ghost", {"image": "localhost/taskyard/does-not-exist:1", "command": ["true"]})
+    kube.create("Task", "unpullable", {"agent": "ghost", "prompt": "anything"})
+
+    task = kube.wait_for_phase("unpullable", "Failed", timeout=120)
+
+    assert task["status"]["reason"] == "ImagePullFailed"
+    assert "localhost/taskyard/does-not-exist:1" in task["status"]["message"]
+    kube.wait_for("the Job of the failed Task to be removed", lambda: not kube.jobs("unpullable"), timeout=60)
+
+
+def test_unknown_agent_waits_pending_until_the_agent_appears(kube: Kube, operator: OperatorProcess) -> None:
+    kube.create("Task", "early", {"agent": "late-agent", "prompt": "echo finally"})
+
+    pending = kube.wait_for_phase("early", "Pending")
+    assert pending["status"]["reason"] == "AgentNotFound"
+    assert "late-agent" in pending["status"]["message"]
+    assert not kube.jobs("early")
+
+    kube.create("Agent", "late-agent", {"image": SHELL_IMAGE, "command": ["sh", "/etc/taskyard/prompt"]})
+
+    task = kube.wait_for_phase("early", "Succeeded")
+    assert task["status"]["logTail"] == "finally"
+
+
+def test_prompt_from_a_config_map(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
+    kube.core.create_namespaced_config_map(
+        kube.namespace, {"metadata": {"name": "prompts"}, "data": {"build": "echo from-config-map"}}
+    )
+    spec = {"agent": shell_agent, "promptFrom": {"configMapKeyRef": {"name": "prompts", "key": "build"}}}
+    kube.create("Task", "referenced", spec)
+
+    task = kube.wait_for_phase("referenced", "Succeeded")
+
+    assert task["status"]["logTail"] == "from-config-map"

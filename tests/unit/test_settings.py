@@ -1,0 +1,152 @@
+"""Operator settings read from TASKYARD_* environment variables."""
+
+import re
+
+import pytest
+
+from taskyard.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+LIMIT_VARIABLES = {
+    "TASKYARD_MAX_CONCURRENT": "max_concurrent",
+    "TASKYARD_MAX_CONCURRENT_PER_NAMESPACE": "max_concurrent_per_namespace",
+    "TASKYARD_MAX_CONCURRENT_PER_AGENT": "max_concurrent_per_agent",
+}
+LIMIT_HINT = "expected a whole number of Tasks (0 or unset means no limit)"
+SECONDS_HINT = "expected a number of seconds (0 disables aging)"
+FLAG_HINT = "expected true or false"
+
+# What the Deployment of the operator sets besides taskyard's own variables.
+POD_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOSTNAME": "taskyard-operator-6d5f8b7c9-abcde",
+    "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+    "KUBERNETES_SERVICE_PORT": "443",
+}
+
+
+def settings(**variables):
+    return OperatorSettings.from_env({**POD_ENV, **variables})
+
+
+def test_defaults_without_any_variable():
+    loaded = settings()
+    assert loaded == OperatorSettings()
+    assert loaded.max_concurrent is None
+    assert loaded.max_concurrent_per_namespace is None
+    assert loaded.max_concurrent_per_agent is None
+    assert loaded.aging_seconds == 600.0
+    assert loaded.priority_classes is False
+
+
+def test_every_variable_is_read():
+    loaded = settings(
+        TASKYARD_MAX_CONCURRENT="20",
+        TASKYARD_MAX_CONCURRENT_PER_NAMESPACE="5",
+        TASKYARD_MAX_CONCURRENT_PER_AGENT="2",
+        TASKYARD_AGING_SECONDS="120",
+        TASKYARD_PRIORITY_CLASSES="true",
+    )
+    assert loaded == OperatorSettings(
+        max_concurrent=20,
+        max_concurrent_per_namespace=5,
+        max_concurrent_per_agent=2,
+        aging_seconds=120.0,
+        priority_classes=True,
+    )
+
+
+@pytest.mark.parametrize(("variable", "field"), sorted(LIMIT_VARIABLES.items()))
+def test_each_limit_is_read_on_its_own(variable, field):
+    loaded = settings(**{variable: "3"})
+    assert getattr(loaded, field) == 3
+    for other in set(LIMIT_VARIABLES.values()) - {field}:
+        assert getattr(loaded, other) is None
+
+
+@pytest.mark.parametrize(("variable", "field"), sorted(LIMIT_VARIABLES.items()))
+@pytest.mark.parametrize("raw", ["0", "", "   ", " 0 "])
+def test_zero_or_empty_limit_means_unlimited(variable, field, raw):
+    assert getattr(settings(**{variable: raw}), field) is None
+
+
+@pytest.mark.parametrize("raw", ["00", "+0", "-0"])
+def test_zero_written_another_way_also_means_unlimited(raw):
+    # A limit of 0 would admit no Task at all; the documented meaning of 0 is "no limit".
+    assert settings(TASKYARD_MAX_CONCURRENT=raw).max_concurrent is None
+
+
+def test_limit_around_whitespace_is_read():
+    assert settings(TASKYARD_MAX_CONCURRENT=" 12\n").max_concurrent == 12
+
+
+@pytest.mark.parametrize("variable", sorted(LIMIT_VARIABLES))
+@pytest.mark.parametrize("raw", ["-1", "ten", "2.5", "5 tasks", "1e3", "0x10"])
+def test_bad_limit_is_reported_with_the_variable_and_what_it_accepts(variable, raw):
+    with pytest.raises(ValueError, match=re.escape(f"{variable}={raw!r}: {LIMIT_HINT}")):
+        settings(**{variable: raw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("120", 120.0), ("90.5", 90.5), (" 3600 ", 3600.0), ("1e3", 1000.0)]
+)
+def test_aging_seconds_is_read(raw, seconds):
+    assert settings(TASKYARD_AGING_SECONDS=raw).aging_seconds == seconds
+
+
+def test_aging_seconds_zero_disables_aging_rather_than_meaning_the_default():
+    assert settings(TASKYARD_AGING_SECONDS="0").aging_seconds == 0.0
+
+
+@pytest.mark.parametrize("raw", ["", "  "])
+def test_empty_aging_seconds_is_the_default(raw):
+    assert settings(TASKYARD_AGING_SECONDS=raw).aging_seconds == 600.0
+
+
+@pytest.mark.parametrize("raw", ["10m", "ten", "1h30m", "600s"])
+def test_bad_aging_seconds_is_reported_with_the_variable_and_what_it_accepts(raw):
+    with pytest.raises(ValueError, match=re.escape(f"TASKYARD_AGING_SECONDS={raw!r}: {SECONDS_HINT}")):
+        settings(TASKYARD_AGING_SECONDS=raw)
+
+
+def test_aging_seconds_that_is_not_a_number_is_rejected():
+    # float("nan") parses, but is no number of seconds: the queue's int(waited // nan) fails later.
+    with pytest.raises(ValueError, match=re.escape(f"TASKYARD_AGING_SECONDS='nan': {SECONDS_HINT}")):
+        settings(TASKYARD_AGING_SECONDS="nan")
+
+
+@pytest.mark.parametrize("raw", ["true", "TRUE", "True", "yes", "Yes", "1", " true "])
+def test_priority_classes_on(raw):
+    assert settings(TASKYARD_PRIORITY_CLASSES=raw).priority_classes is True
+
+
+@pytest.mark.parametrize("raw", ["false", "FALSE", "no", "No", "0", "", " "])
+def test_priority_classes_off(raw):
+    assert settings(TASKYARD_PRIORITY_CLASSES=raw).priority_classes is False
+
+
+@pytest.mark.parametrize("raw", ["on", "enabled", "2", "y"])
+def test_bad_priority_classes_flag_is_reported_with_the_variable_and_what_it_accepts(raw):
+    with pytest.raises(ValueError, match=re.escape(f"TASKYARD_PRIORITY_CLASSES={raw!r}: {FLAG_HINT}")):
+        settings(TASKYARD_PRIORITY_CLASSES=raw)
+
+
+def test_from_env_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("TASKYARD_MAX_CONCURRENT", "7")
+    monkeypatch.setenv("TASKYARD_PRIORITY_CLASSES", "yes")
+    monkeypatch.delenv("TASKYARD_MAX_CONCURRENT_PER_NAMESPACE", raising=False)
+    loaded = OperatorSettings.from_env()
+    assert loaded.max_concurrent == 7
+    assert loaded.priority_classes is True
+    assert loaded.max_concurrent_per_namespace is None
+
+
+@pytest.mark.parametrize("priority", ["critical", "high", "medium", "low"])
+def test_priority_class_when_enabled(priority):
+    assert settings(TASKYARD_PRIORITY_CLASSES="true").priority_class_for(priority) == f"taskyard-{priority}"
+
+
+@pytest.mark.parametrize("priority", ["critical", "low"])
+def test_no_priority_class_when_disabled(priority):
+    assert settings().priority_class_for(priority) is None
