@@ -4,7 +4,8 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-export KUBECONFIG ?= $(CURDIR)/.cluster/kubeconfig
+# Targets that talk to a cluster use the current kube context ($$KUBECONFIG or ~/.kube/config);
+# after `make cluster-up`: export KUBECONFIG=$(CURDIR)/.cluster/kubeconfig
 
 .PHONY: help
 help: ## Show this help

@@ -50,7 +50,7 @@ for p in $pkg $cpkg; do
 done
 
 log "building kubernetes $K8S_VERSION (${COMPONENTS[*]}) from the Go module proxy;"
-log "a cold build downloads ~1 GB of modules and compiles for 20-35 minutes on 2 cores"
+log "a cold build downloads ~1 GB of modules and compiles for about 10 minutes on 2 cores"
 cd "$work"
 GOFLAGS="$GOFLAGS -mod=mod" go mod download k8s.io/kubernetes
 start=$(date +%s)

@@ -33,11 +33,13 @@ remove_containers() {
 
 # kill_pod_processes: anything still inside the kubelet's pod cgroups (a shim that outlived containerd).
 kill_pod_processes() {
-  local procs
-  for procs in /sys/fs/cgroup/pids/kubepods/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/cgroup.procs \
-    /sys/fs/cgroup/pids/kubepods/*/*/cgroup.procs /sys/fs/cgroup/pids/kubepods/*/*/*/cgroup.procs; do
+  local procs root
+  # cgroup v1 (the pids hierarchy) or v2 (the unified one): the kubelet's cgroupfs layout is the same.
+  for root in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/kubepods; do
+  for procs in "$root"/cgroup.procs "$root"/*/cgroup.procs "$root"/*/*/cgroup.procs "$root"/*/*/*/cgroup.procs; do
     [[ -f "$procs" ]] || continue
     xargs -r kill -KILL <"$procs" 2>/dev/null || true
+  done
   done
 }
 

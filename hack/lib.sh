@@ -30,7 +30,8 @@ export PATH="$K8S_BIN:$HELM_BIN:$ETCD_BIN:$PATH"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# ensure_go_env gives Go builds a shared module and build cache even when HOME differs (CI).
+# ensure_go_env checks for Go and sets static, reproducible builds; Go's own caches (~/go/pkg/mod,
+# ~/.cache/go-build) make a second build of the same version quick.
 ensure_go_env() {
   command -v go >/dev/null || die "go is not installed; install Go 1.24 or newer"
   export CGO_ENABLED=0

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_KUBECONFIG = REPO_ROOT / ".cluster" / "kubeconfig"
+LOCAL_KUBECONFIG = Path(os.environ.get("TASKYARD_CLUSTER_DIR", REPO_ROOT / ".cluster")) / "kubeconfig"
 SHELL_IMAGE = "localhost/taskyard/shell:dev"
 
 
@@ -70,6 +70,11 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
 
         kind = KindCluster("taskyard-test")
         kind.create()
+        # kind nodes cannot see images built here: build the agent image with Docker from the same
+        # Dockerfile (on the public busybox base) and load it into the nodes.
+        shell_context = str(REPO_ROOT / "hack" / "images" / "shell")
+        subprocess.run(["docker", "build", "-t", SHELL_IMAGE, shell_context], check=True)
+        kind.load_docker_image(SHELL_IMAGE)
         try:
             yield Cluster(kubeconfig=Path(kind.kubeconfig_path))
         finally:

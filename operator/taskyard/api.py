@@ -541,9 +541,6 @@ class TaskStatus(_Model):
     job_name: str | None = Field(None, description="Name of the Job that runs the Task.")
     pod_name: str | None = Field(None, description="Name of the Pod of the latest attempt.")
     attempts: int | None = Field(None, ge=0, description="Attempts started so far.")
-    queue_position: int | None = Field(
-        None, ge=1, description="Place in the queue while Queued; 1 starts next."
-    )
     queued_at: DateTime | None = Field(None, description="When the Task started waiting for capacity.")
     start_time: DateTime | None = Field(None, description="When the Job was created.")
     completion_time: DateTime | None = Field(None, description="When the Task reached a final phase.")

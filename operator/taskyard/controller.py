@@ -11,6 +11,8 @@ slot and a status is never written from a view older than one already written.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +75,7 @@ class ClusterView:
     waiting: Mapping[TaskKey, Iterable[dict[str, Any]]]
     jobs: Mapping[TaskKey, Iterable[JobView]]
     active_jobs: Mapping[TaskKey, Iterable[str]]
+    live_pods: Mapping[TaskKey, Iterable[str]]
     pods: Mapping[TaskKey, Iterable[PodView]]
     agents: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
     cluster_agents: Mapping[str, Iterable[dict[str, Any]]]
@@ -121,7 +124,8 @@ class Controller:
     # status, so this is never older than what the index shows, and it keeps stale events from
     # writing (and announcing) the same transition twice.
     written: dict[TaskKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    retries: dict[TaskKey, asyncio.Task[None]] = field(default_factory=dict)
+    retries: dict[TaskKey | None, asyncio.Task[None]] = field(default_factory=dict)
+    failures: dict[TaskKey | None, int] = field(default_factory=dict)
     # The pod whose output is in status.logTail; after a restart it is read once more, which is harmless.
     logs_collected_from: dict[TaskKey, str] = field(default_factory=dict)
 
@@ -159,13 +163,17 @@ class Controller:
                     await self.reconcile(key, view)
                 if not admit_first:
                     await self.admit(view)
+                self.failures.pop(key, None)
             except (TimeoutError, ApiException, aiohttp.ClientError, OSError) as error:
                 logger.warning("reconciling %s failed (%s); retrying", key, error)
                 self._retry(key, view)
 
-    def _retry(self, key: TaskKey | None, view: ClusterView, delay: float = 2.0) -> None:
+    def _retry(self, key: TaskKey | None, view: ClusterView) -> None:
         if key in self.retries:
             return
+        failures = self.failures.get(key, 0) + 1
+        self.failures[key] = failures
+        delay = min(2.0 * 2 ** (failures - 1), 60.0)
 
         async def again() -> None:
             await asyncio.sleep(delay)
@@ -180,8 +188,15 @@ class Controller:
         """Starts as many waiting Tasks as the concurrency limits allow, in priority order."""
         for key in [key for key in self.requested if view.job(key) is not None or view.task(key) is None]:
             del self.requested[key]
-        running = [(ns, agent_ref) for (ns, _), refs in view.active_jobs.items() for agent_ref in refs]
-        running += [(ns, agent_ref) for key, (ns, agent_ref, _) in self.requested.items()]
+        # A slot is held by an unfinished Job, a Job being created, or pods still shutting down (a deleted
+        # Task's Job can vanish before its pods do).
+        holders: dict[TaskKey, str] = {}
+        for index in (view.live_pods, view.active_jobs):
+            for key, refs in index.items():
+                for agent_ref in refs:
+                    holders[key] = agent_ref
+        holders.update({key: agent_ref for key, (_, agent_ref, _) in self.requested.items()})
+        running = [(namespace, agent_ref) for (namespace, _), agent_ref in holders.items()]
         candidates: dict[TaskKey, tuple[dict[str, Any], ResolvedAgent]] = {}
         for key, tasks in view.waiting.items():
             if _first(tasks) is None or any(True for _ in view.jobs.get(key) or []) or key in self.requested:
@@ -239,25 +254,51 @@ class Controller:
         annotations = job["metadata"].setdefault("annotations", {})
         annotations[ANNOTATION_AGENT_REF] = agent.ref
         annotations[ANNOTATION_ADMITTED_AT] = datetime.now(UTC).isoformat(timespec="microseconds")
+        job["spec"]["template"]["metadata"].setdefault("annotations", {})[ANNOTATION_AGENT_REF] = agent.ref
         claim = render_workspace_claim(ref)
-        if claim is not None:
-            await _create_ignoring_conflict(
-                client.CoreV1Api(self.api).create_namespaced_persistent_volume_claim(meta["namespace"], claim)
+        try:
+            if claim is not None:
+                await _create_ignoring_conflict(
+                    client.CoreV1Api(self.api).create_namespaced_persistent_volume_claim(
+                        meta["namespace"], claim
+                    )
+                )
+            created = await _create_ignoring_conflict(
+                client.BatchV1Api(self.api).create_namespaced_job(meta["namespace"], job)
             )
-        await _create_ignoring_conflict(
-            client.BatchV1Api(self.api).create_namespaced_job(meta["namespace"], job)
-        )
+        except ApiException as error:
+            if error.status not in (400, 422):
+                raise
+            # The API server refuses what the Agent asks for (e.g. malformed resources or tolerations,
+            # which the Agent schema passes through): no retry can fix that, so the Task fails.
+            await self._fail_without_job(
+                task, "JobRejected", f"the API server rejected the Job: {_api_reason(error)}"
+            )
+            return
+        if not created and not await self._job_is_ours(meta, job["metadata"]["name"]):
+            return  # a namesake Job of a deleted Task is still going away; its deletion event brings us back
         self.requested[key] = (meta["namespace"], agent.ref, job["metadata"]["name"])
         kopf.event(
             _ref(task), type="Normal", reason="Admitted", message=f"created Job {job['metadata']['name']}"
         )
         await self.reconcile(key, view)
 
+    async def _job_is_ours(self, meta: dict[str, Any], job_name: str) -> bool:
+        try:
+            existing = await client.BatchV1Api(self.api).read_namespaced_job(job_name, meta["namespace"])
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(owner.uid == meta["uid"] for owner in existing.metadata.owner_references or [])
+
     async def _fail_without_job(self, task: dict[str, Any], reason: str, message: str) -> None:
         now = _now()
+        generation = task["metadata"].get("generation", 1)
         condition = {"type": "Succeeded", "status": "False", "reason": reason, "message": message}
-        condition["lastTransitionTime"] = now
+        condition.update(lastTransitionTime=now, observedGeneration=generation)
         patch = {"phase": "Failed", "reason": reason, "message": message, "completionTime": now}
+        patch["observedGeneration"] = generation
         patch["conditions"] = [condition]
         await self._patch_status(self._key_of(task), task, patch)
         kopf.event(_ref(task), type="Warning", reason=reason, message=message)
@@ -275,15 +316,16 @@ class Controller:
         job, pod = view.job(key), view.pod(key)
         extra: dict[str, Any] = {}
         stop_job = job is not None and not job.finished and not job.deleting
-        if spec.get("cancel") and stop_job:
+        requested = self.requested.get(key)
+        if spec.get("cancel") and (stop_job or (job is None and requested)):
             if pod is not None:
                 extra.update(await self._collect_logs(meta["namespace"], pod))
-            await self._delete_job(meta["namespace"], job.name)
+            await self._delete_job(meta["namespace"], job.name if job else requested[2])
+            self.requested.pop(key, None)
         elif stop_job and pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
             await self._delete_job(meta["namespace"], job.name)
 
         agent = view.resolve_agent(meta["namespace"], spec.get("agent", ""))
-        requested = self.requested.get(key)
         claim = workspace_claim_name(meta["name"]) if (spec.get("workspace") or {}).get("size") else None
         seen = Observation(
             job=job,
@@ -294,6 +336,10 @@ class Controller:
             queued_message=self._queued_message(),
             workspace_claim=claim if (job is not None or requested) else None,
         )
+        if job is not None and job.finished and pod is not None and not pod.terminated:
+            # The Job's final event can overtake its pod's: read the pod itself for the exit code and logs.
+            pod = await self._read_pod(meta["namespace"], pod)
+            seen = dataclasses.replace(seen, pod=pod)
         desired = derive_status(task, seen, _now())
         if job is None and not requested and current.get("jobName") and not spec.get("cancel"):
             desired = _job_lost(desired, current["jobName"])
@@ -345,6 +391,15 @@ class Controller:
         if pod.termination_message and pod.exit_code == 0:
             collected["result"] = pod.termination_message
         return collected
+
+    async def _read_pod(self, namespace: str, pod: PodView) -> PodView:
+        try:
+            body = await client.CoreV1Api(self.api).read_namespaced_pod(pod.name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return pod
+            raise
+        return PodView.from_body(self.api.sanitize_for_serialization(body))
 
     async def _delete_job(self, namespace: str, name: str) -> None:
         # Foreground: the Job stays (and keeps its slot) until its pods are gone, so a cancelled Task
@@ -420,13 +475,22 @@ def _epoch(timestamp: str | None) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
-async def _create_ignoring_conflict(call: Any) -> None:
-    # Deterministic names make creation idempotent: "already exists" means it is already ours.
+async def _create_ignoring_conflict(call: Any) -> bool:
+    """Creates an object; returns False when it already existed (deterministic names: likely ours)."""
     try:
         await call
     except ApiException as error:
         if error.status != 409:
             raise
+        return False
+    return True
+
+
+def _api_reason(error: ApiException) -> str:
+    try:
+        return json.loads(error.body).get("message") or str(error.reason)
+    except (TypeError, ValueError):
+        return str(error.reason)
 
 
 async def _delete_ignoring_missing(call: Any) -> None:

@@ -101,6 +101,17 @@ def active_job_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: 
     }
 
 
+def _not_ended(body: kopf.Body, **_: Any) -> bool:
+    return (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+@kopf.index("", "v1", "pods", labels=OWNED, when=_not_ended)
+def live_pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[TaskKey, str]:
+    return {
+        (namespace, labels[LABEL_TASK]): body["metadata"].get("annotations", {}).get(ANNOTATION_AGENT_REF, "")
+    }
+
+
 @kopf.index("", "v1", "pods", labels=OWNED)
 def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[TaskKey, PodView]:
     return {(namespace, labels[LABEL_TASK]): PodView.from_body(dict(body))}
@@ -141,6 +152,7 @@ def _view(indexes: dict[str, Any]) -> ClusterView:
         waiting=indexes["waiting_index"],
         jobs=indexes["job_index"],
         active_jobs=indexes["active_job_index"],
+        live_pods=indexes["live_pod_index"],
         pods=indexes["pod_index"],
         agents=indexes["agent_index"],
         cluster_agents=indexes["cluster_agent_index"],
@@ -178,7 +190,7 @@ async def agent_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     # Tasks waiting for this agent (GitOps applies in any order) re-derive their phase and may start.
     controller: Controller = memo.controller
     view = _view(kwargs)
+    await controller.handle(None, view)  # admission first: a Task that can start now is not shown Queued
     for key, tasks in list(view.waiting.items()):
         if any(task["spec"].get("agent") == name for task in tasks):
             await controller.handle(key, view)
-    await controller.handle(None, view)

@@ -311,7 +311,6 @@ def test_task_status_model_reads_what_the_operator_writes():
         {
             "phase": "Running",
             "attempts": 2,
-            "queuePosition": 1,
             "jobName": "t",
             "conditions": [
                 {"type": "Ready", "status": "False", "lastTransitionTime": "2024-01-01T00:00:00Z"}
@@ -319,6 +318,6 @@ def test_task_status_model_reads_what_the_operator_writes():
         }
     )
     assert status.phase == "Running"
-    assert status.queue_position == 1
+    assert status.attempts == 2
     assert status.conditions[0].last_transition_time == "2024-01-01T00:00:00Z"
     assert set(api.PHASES) == {"Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"}

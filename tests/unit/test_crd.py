@@ -190,7 +190,7 @@ def test_status_schema():
             "type": "string",
             "format": "date-time",
         }
-    for field in ("attempts", "queuePosition", "exitCode", "observedGeneration"):
+    for field in ("attempts", "exitCode", "observedGeneration"):
         assert status[field]["type"] == "integer", field
     for field in ("reason", "message", "jobName", "podName", "duration", "logTail", "result", "workspace"):
         assert status[field]["type"] == "string", field
