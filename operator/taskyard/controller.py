@@ -76,6 +76,7 @@ class ClusterView:
     jobs: Mapping[TaskKey, Iterable[JobView]]
     active_jobs: Mapping[TaskKey, Iterable[str]]
     live_pods: Mapping[TaskKey, Iterable[str]]
+    priority_classes: Mapping[str, Iterable[bool]]
     pods: Mapping[TaskKey, Iterable[PodView]]
     agents: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
     cluster_agents: Mapping[str, Iterable[dict[str, Any]]]
@@ -250,7 +251,10 @@ class Controller:
             await self._fail_without_job(task, "InvalidSpec", str(error))
             return
         ref = TaskRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], spec=task_spec)
-        job = render_job(ref, agent_spec, agent.name, self.settings.priority_class_for(task_spec.priority))
+        priority_class = f"taskyard-{task_spec.priority}"
+        if priority_class not in view.priority_classes:
+            priority_class = None  # the scheduler only learns our priorities when the classes exist
+        job = render_job(ref, agent_spec, agent.name, priority_class)
         annotations = job["metadata"].setdefault("annotations", {})
         annotations[ANNOTATION_AGENT_REF] = agent.ref
         annotations[ANNOTATION_ADMITTED_AT] = datetime.now(UTC).isoformat(timespec="microseconds")

@@ -117,6 +117,11 @@ def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) ->
     return {(namespace, labels[LABEL_TASK]): PodView.from_body(dict(body))}
 
 
+@kopf.index("scheduling.k8s.io", "v1", "priorityclasses", when=lambda name, **_: name.startswith("taskyard-"))
+def priority_class_index(name: str, **_: Any) -> dict[str, bool]:
+    return {name: True}
+
+
 @kopf.index(*AGENTS)
 def agent_index(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
@@ -153,6 +158,7 @@ def _view(indexes: dict[str, Any]) -> ClusterView:
         jobs=indexes["job_index"],
         active_jobs=indexes["active_job_index"],
         live_pods=indexes["live_pod_index"],
+        priority_classes=indexes["priority_class_index"],
         pods=indexes["pod_index"],
         agents=indexes["agent_index"],
         cluster_agents=indexes["cluster_agent_index"],

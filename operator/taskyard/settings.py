@@ -21,8 +21,6 @@ class OperatorSettings:
     max_concurrent_per_agent: int | None = None
     # A waiting Task climbs one priority level per this many seconds, so low work cannot starve.
     aging_seconds: float = 600.0
-    # Map priorities to PriorityClasses named taskyard-<priority> (the Helm chart can create them).
-    priority_classes: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -32,12 +30,7 @@ class OperatorSettings:
             max_concurrent_per_namespace=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_NAMESPACE"),
             max_concurrent_per_agent=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_AGENT"),
             aging_seconds=_seconds(env, "TASKYARD_AGING_SECONDS", default=600.0),
-            priority_classes=_flag(env, "TASKYARD_PRIORITY_CLASSES"),
         )
-
-    def priority_class_for(self, priority: str) -> str | None:
-        """The PriorityClass a Task of this priority runs with, if priority classes are enabled."""
-        return f"taskyard-{priority}" if self.priority_classes else None
 
 
 def _limit(env: Mapping[str, str], name: str) -> int | None:
@@ -64,12 +57,3 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name}={raw!r}: expected a number of seconds (0 disables aging)")
     return value
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip()
-    if raw.lower() in ("", "0", "false", "no"):
-        return False
-    if raw.lower() in ("1", "true", "yes"):
-        return True
-    raise ValueError(f"{name}={raw!r}: expected true or false")

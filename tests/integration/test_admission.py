@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from datetime import datetime
@@ -81,3 +82,27 @@ def test_a_burst_respects_limits_and_priority(kube: Kube, shell_agent: str, star
     rank = {name: priorities[::-1].index(priorities[i % 4]) for i, name in enumerate(names)}
     queued_tail = admitted[limit:]  # the first `limit` were admitted while the burst was still arriving
     assert [rank[n] for n in queued_tail] == sorted(rank[n] for n in queued_tail)
+
+
+def test_priorities_map_to_priority_classes_that_exist(kube: Kube, shell_agent: str, start_operator) -> None:
+    klass = {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": "taskyard-high"},
+        "value": 100000,
+        "preemptionPolicy": "Never",
+    }
+    kube.cluster.kubectl("apply", "-f", "-", input=json.dumps(klass))
+    try:
+        start_operator()
+        kube.create("Task", "urgent", {"agent": shell_agent, "prompt": "true", "priority": "high"})
+        kube.create("Task", "ordinary", {"agent": shell_agent, "prompt": "true", "priority": "medium"})
+        kube.wait_for_phase("urgent", "Succeeded")
+        kube.wait_for_phase("ordinary", "Succeeded")
+
+        [urgent] = kube.jobs("urgent")
+        [ordinary] = kube.jobs("ordinary")
+        assert urgent.spec.template.spec.priority_class_name == "taskyard-high"
+        assert ordinary.spec.template.spec.priority_class_name is None  # no taskyard-medium class exists
+    finally:
+        kube.cluster.kubectl("delete", "priorityclass", "taskyard-high", "--ignore-not-found")

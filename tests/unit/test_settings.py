@@ -15,7 +15,6 @@ LIMIT_VARIABLES = {
 }
 LIMIT_HINT = "expected a whole number of Tasks (0 or unset means no limit)"
 SECONDS_HINT = "expected a number of seconds (0 disables aging)"
-FLAG_HINT = "expected true or false"
 
 # What the Deployment of the operator sets besides taskyard's own variables.
 POD_ENV = {
@@ -37,7 +36,6 @@ def test_defaults_without_any_variable():
     assert loaded.max_concurrent_per_namespace is None
     assert loaded.max_concurrent_per_agent is None
     assert loaded.aging_seconds == 600.0
-    assert loaded.priority_classes is False
 
 
 def test_every_variable_is_read():
@@ -46,14 +44,12 @@ def test_every_variable_is_read():
         TASKYARD_MAX_CONCURRENT_PER_NAMESPACE="5",
         TASKYARD_MAX_CONCURRENT_PER_AGENT="2",
         TASKYARD_AGING_SECONDS="120",
-        TASKYARD_PRIORITY_CLASSES="true",
     )
     assert loaded == OperatorSettings(
         max_concurrent=20,
         max_concurrent_per_namespace=5,
         max_concurrent_per_agent=2,
         aging_seconds=120.0,
-        priority_classes=True,
     )
 
 
@@ -116,37 +112,9 @@ def test_aging_seconds_that_is_not_a_number_is_rejected():
         settings(TASKYARD_AGING_SECONDS="nan")
 
 
-@pytest.mark.parametrize("raw", ["true", "TRUE", "True", "yes", "Yes", "1", " true "])
-def test_priority_classes_on(raw):
-    assert settings(TASKYARD_PRIORITY_CLASSES=raw).priority_classes is True
-
-
-@pytest.mark.parametrize("raw", ["false", "FALSE", "no", "No", "0", "", " "])
-def test_priority_classes_off(raw):
-    assert settings(TASKYARD_PRIORITY_CLASSES=raw).priority_classes is False
-
-
-@pytest.mark.parametrize("raw", ["on", "enabled", "2", "y"])
-def test_bad_priority_classes_flag_is_reported_with_the_variable_and_what_it_accepts(raw):
-    with pytest.raises(ValueError, match=re.escape(f"TASKYARD_PRIORITY_CLASSES={raw!r}: {FLAG_HINT}")):
-        settings(TASKYARD_PRIORITY_CLASSES=raw)
-
-
 def test_from_env_reads_the_process_environment_by_default(monkeypatch):
     monkeypatch.setenv("TASKYARD_MAX_CONCURRENT", "7")
-    monkeypatch.setenv("TASKYARD_PRIORITY_CLASSES", "yes")
     monkeypatch.delenv("TASKYARD_MAX_CONCURRENT_PER_NAMESPACE", raising=False)
     loaded = OperatorSettings.from_env()
     assert loaded.max_concurrent == 7
-    assert loaded.priority_classes is True
     assert loaded.max_concurrent_per_namespace is None
-
-
-@pytest.mark.parametrize("priority", ["critical", "high", "medium", "low"])
-def test_priority_class_when_enabled(priority):
-    assert settings(TASKYARD_PRIORITY_CLASSES="true").priority_class_for(priority) == f"taskyard-{priority}"
-
-
-@pytest.mark.parametrize("priority", ["critical", "low"])
-def test_no_priority_class_when_disabled(priority):
-    assert settings().priority_class_for(priority) is None
