@@ -3,7 +3,7 @@
 # and, when the local cluster is running, imports them into containerd's k8s.io namespace.
 #
 #   hack/images.sh            build every image (skipping those whose context did not change), import
-#   hack/images.sh NAME...    only these (pause, busybox-base, shell)
+#   hack/images.sh NAME...    only these (pause, busybox-base, shell, python-base, operator)
 source "$(dirname "$0")/lib.sh"
 
 command -v buildah >/dev/null || die "buildah is missing: run hack/install-deps.sh"
@@ -16,7 +16,7 @@ build_image() {
   local ref="$IMAGE_PREFIX/$name:$IMAGE_TAG" archive="$IMAGE_ARCHIVES/$name.tar"
   local hash
   hash=$( (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$*") | sha256sum | cut -c1-16)
-  if [[ -f "$archive" && "$(cat "$archive.hash" 2>/dev/null)" == "$hash" ]]; then
+  if [[ -f "$archive" && "$(cat "$archive.hash" 2>/dev/null)" == "$hash" ]] && bah inspect "$ref" >/dev/null 2>&1; then
     log "image $ref: up to date"
     return
   fi
@@ -54,6 +54,51 @@ build_busybox_base() {
   rm -rf "$context"
 }
 
+# Debian packages in the Python base; changing this list rebuilds the base.
+PYTHON_BASE_PACKAGES="python3,python3-venv,ca-certificates"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+
+build_python_base() {
+  command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: run hack/install-deps.sh"
+  local context; context=$(mktemp -d)
+  cp "$REPO_ROOT/hack/images/python-base/Dockerfile" "$context/"
+  # The root filesystem differs byte for byte on every run (timestamps), so the cache key is the recipe.
+  echo "bookworm minbase $PYTHON_BASE_PACKAGES" >"$context/recipe"
+  if [[ -f "$IMAGE_ARCHIVES/python-base.tar" && "$(cat "$IMAGE_ARCHIVES/python-base.recipe" 2>/dev/null)" == "$(cat "$context/recipe")" ]] \
+    && bah inspect "$IMAGE_PREFIX/python-base:$IMAGE_TAG" >/dev/null 2>&1; then
+    log "image $IMAGE_PREFIX/python-base:$IMAGE_TAG: up to date"
+    rm -rf "$context"
+    return
+  fi
+  log "assembling a Debian root filesystem with $PYTHON_BASE_PACKAGES (mmdebstrap)"
+  mmdebstrap --quiet --variant=minbase --include="$PYTHON_BASE_PACKAGES" --skip=output/dev \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    bookworm "$context/rootfs.tar" "deb $DEBIAN_MIRROR bookworm main" \
+    "deb $DEBIAN_SECURITY_MIRROR bookworm-security main"
+  rm -f "$IMAGE_ARCHIVES/python-base.tar.hash"
+  build_image python-base "$context"
+  cp "$context/recipe" "$IMAGE_ARCHIVES/python-base.recipe"
+  rm -rf "$context"
+}
+
+build_operator() {
+  build_python_base
+  local context; context=$(mktemp -d)
+  mkdir -p "$context/operator"
+  cp "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/README.md" "$REPO_ROOT/operator/Dockerfile" "$context/"
+  cp -r "$REPO_ROOT/operator/taskyard" "$context/operator/taskyard"
+  find "$context" -name __pycache__ -prune -exec rm -rf {} +
+  # Wheels are fetched here, where the package index is reachable as configured for this host, so
+  # the image build itself needs no network. The base's Python is 3.11, like the one used here.
+  log "collecting wheels for the operator image"
+  python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$context/wheels" "$context" "setuptools>=68" >/dev/null
+  rm -f "$context"/wheels/taskyard-*.whl
+  build_image operator "$context" --build-arg "BASE=$IMAGE_PREFIX/python-base:$IMAGE_TAG"
+  rm -rf "$context"
+}
+
 build_shell() {
   build_image shell "$REPO_ROOT/hack/images/shell" --build-arg "BASE=$IMAGE_PREFIX/busybox-base:$IMAGE_TAG"
 }
@@ -71,14 +116,16 @@ import_images() {
 
 main() {
   local names=("$@")
-  [[ ${#names[@]} -gt 0 ]] || names=(pause busybox-base shell)
+  [[ ${#names[@]} -gt 0 ]] || names=(pause busybox-base shell operator)
   local name
   for name in "${names[@]}"; do
     case "$name" in
       pause) build_pause ;;
       busybox-base) build_busybox_base ;;
       shell) build_busybox_base; build_shell ;;
-      *) die "unknown image '$name' (known: pause, busybox-base, shell)" ;;
+      python-base) build_python_base ;;
+      operator) build_operator ;;
+      *) die "unknown image '$name' (known: pause, busybox-base, shell, python-base, operator)" ;;
     esac
   done
   import_images "${names[@]}"
