@@ -11,6 +11,7 @@ slot and a status is never written from a view older than one already written.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -24,7 +25,8 @@ import kopf
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from taskyard.api import API_VERSION, GROUP, VERSION, SpecError, parse_agent_spec, parse_task_spec
+from taskyard.api import API_VERSION, GROUP, LABEL_TASK, VERSION, SpecError, parse_agent_spec, parse_task_spec
+from taskyard.logstore import attempts_to_keep, log_config_map_name, log_key, pack_log, pod_key
 from taskyard.phase import (
     IMAGE_PULL_FAILURES,
     TERMINAL_PHASES,
@@ -56,6 +58,7 @@ ANNOTATION_ADMITTED_AT = "taskyard.dev/admitted-at"
 MERGE_PATCH = "application/merge-patch+json"
 LOG_TAIL_LINES = 50
 LOG_TAIL_BYTES = 8192
+LOG_KEEP_LINES = 20000  # read per attempt; the log store keeps the last 256 KiB of it
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,23 @@ class ClusterView:
         uid = task["metadata"].get("uid") if task else None
         return next((job for job in self.jobs.get(key) or [] if job.owner_uid == uid), None)
 
-    def pod(self, key: TaskKey) -> PodView | None:
-        """The newest pod of the Task's Job."""
+    def job_pods(self, key: TaskKey) -> list[PodView]:
+        """The pods of the Task's Job, oldest first: attempt n ran in the n-th."""
         job = self.job(key)
         if job is None:
-            return None
-        return newest_pod([pod for pod in self.pods.get(key) or [] if pod.job_uid == job.uid])
+            return []
+        return sorted(
+            (p for p in self.pods.get(key) or [] if p.job_uid == job.uid), key=lambda p: (p.created, p.name)
+        )
+
+    def pod(self, key: TaskKey) -> PodView | None:
+        """The newest pod of the Task's Job."""
+        return newest_pod(self.job_pods(key))
+
+    def attempt_of(self, key: TaskKey, pod: PodView) -> int:
+        """The 1-based attempt number of one of the Task's pods."""
+        names = [p.name for p in self.job_pods(key)]
+        return names.index(pod.name) + 1 if pod.name in names else max(len(names), 1)
 
     def resolve_agent(self, namespace: str, name: str) -> ResolvedAgent | None:
         """The same-namespace Agent of that name, else the ClusterAgent, else None."""
@@ -322,8 +336,8 @@ class Controller:
         stop_job = job is not None and not job.finished and not job.deleting
         requested = self.requested.get(key)
         if spec.get("cancel") and (stop_job or (job is None and requested)):
-            if pod is not None:
-                extra.update(await self._collect_logs(meta["namespace"], pod))
+            if pod is not None:  # salvage what the agent wrote before it is stopped
+                extra.update(await self._collect_logs(key, task, view, pod))
             await self._delete_job(meta["namespace"], job.name if job else requested[2])
             self.requested.pop(key, None)
         elif stop_job and pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
@@ -347,9 +361,14 @@ class Controller:
         desired = derive_status(task, seen, _now())
         if job is None and not requested and current.get("jobName") and not spec.get("cancel"):
             desired = _job_lost(desired, current["jobName"])
-        if pod is not None and pod.terminated and self.logs_collected_from.get(key) != pod.name:
-            extra.update(await self._collect_logs(meta["namespace"], pod))
-            self.logs_collected_from[key] = pod.name
+        # Each attempt's output is kept when it ends, or as soon as its pod starts shutting down (a
+        # timeout or cancel deletes the pod, and its log with it).
+        if (
+            pod is not None
+            and (pod.terminated or pod.deleting)
+            and self.logs_collected_from.get(key) != pod.name
+        ):
+            extra.update(await self._collect_logs(key, task, view, pod))
         patch = status_changes(current, desired)
         patch.update({k: v for k, v in extra.items() if current.get(k) != v})
         if not patch:
@@ -377,24 +396,60 @@ class Controller:
         where = f" (at most {', '.join(limits)})" if limits else ""
         return f"waiting for a free slot under the concurrency limits{where}"
 
-    async def _collect_logs(self, namespace: str, pod: PodView) -> dict[str, Any]:
-        """The last lines of the agent's output (and its result), read before the pod can go away."""
+    async def _collect_logs(
+        self, key: TaskKey, task: dict[str, Any], view: ClusterView, pod: PodView
+    ) -> dict[str, Any]:
+        """Reads an attempt's output before its pod can go away: keeps it in the Task's log ConfigMap
+        and returns the status fields it feeds (logTail, result)."""
+        namespace = task["metadata"]["namespace"]
         collected: dict[str, Any] = {}
         try:
             text = await client.CoreV1Api(self.api).read_namespaced_pod_log(
-                pod.name,
-                namespace,
-                container="agent",
-                tail_lines=LOG_TAIL_LINES,
-                limit_bytes=4 * LOG_TAIL_BYTES,
+                pod.name, namespace, container="agent", tail_lines=LOG_KEEP_LINES
             )
-            collected["logTail"] = tail_lines(text or "", LOG_TAIL_LINES, LOG_TAIL_BYTES)
         except ApiException as error:
             if error.status not in (400, 404):
                 raise
+            text = None  # never started (or already gone): nothing to keep
+        if text is not None:
+            collected["logTail"] = tail_lines(text, LOG_TAIL_LINES, LOG_TAIL_BYTES)
+            await self._keep_log(task, view.attempt_of(key, pod), pod.name, text)
         if pod.termination_message and pod.exit_code == 0:
             collected["result"] = pod.termination_message
+        self.logs_collected_from[key] = pod.name
         return collected
+
+    async def _keep_log(self, task: dict[str, Any], attempt: int, pod_name: str, text: str) -> None:
+        meta = task["metadata"]
+        core = client.CoreV1Api(self.api)
+        name = log_config_map_name(meta["name"])
+        packed = pack_log(text)
+        # Create first: most Tasks have one attempt, so the ConfigMap rarely exists yet.
+        body = {
+            "metadata": {
+                "name": name,
+                "labels": {
+                    LABEL_TASK: label_value_for(meta["name"]),
+                    "app.kubernetes.io/managed-by": "taskyard",
+                },
+                "ownerReferences": [_owner_reference(task)],
+            },
+            "binaryData": {log_key(attempt): base64.b64encode(packed).decode()},
+            "data": {pod_key(attempt): pod_name},
+        }
+        if await _create_ignoring_conflict(core.create_namespaced_config_map(meta["namespace"], body)):
+            return
+        existing = await core.read_namespaced_config_map(name, meta["namespace"])
+        binary = dict(existing.binary_data or {})
+        binary[log_key(attempt)] = base64.b64encode(packed).decode()
+        sizes = {int(k.split("-")[1].split(".")[0]): len(v) * 3 // 4 for k, v in binary.items()}
+        keep = attempts_to_keep(sizes)
+        dropped = [n for n in sizes if n not in keep]  # the oldest attempts, when all would not fit
+        patch = {
+            "binaryData": {log_key(attempt): binary[log_key(attempt)], **{log_key(n): None for n in dropped}},
+            "data": {pod_key(attempt): pod_name, **{pod_key(n): None for n in dropped}},
+        }
+        await core.patch_namespaced_config_map(name, meta["namespace"], patch)
 
     async def _read_pod(self, namespace: str, pod: PodView) -> PodView:
         try:
@@ -458,6 +513,18 @@ def _announce(task: dict[str, Any], status: dict[str, Any]) -> None:
     phase, reason, message = status.get("phase"), status.get("reason", ""), status.get("message", "")
     warning = phase == "Failed" or reason == "AgentNotFound"
     kopf.event(_ref(task), type="Warning" if warning else "Normal", reason=reason or phase, message=message)
+
+
+def _owner_reference(task: dict[str, Any]) -> dict[str, Any]:
+    meta = task["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Task",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _ref(task: dict[str, Any]) -> dict[str, Any]:

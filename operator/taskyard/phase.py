@@ -113,6 +113,7 @@ class PodView:
     exit_code: int | None = None
     terminated_reason: str | None = None
     termination_message: str | None = None
+    deleting: bool = False
 
     @property
     def terminated(self) -> bool:
@@ -144,6 +145,7 @@ class PodView:
             exit_code=terminated.get("exitCode") if terminated else None,
             terminated_reason=terminated.get("reason") if terminated else None,
             termination_message=(terminated.get("message") or None) if terminated else None,
+            deleting=bool(body["metadata"].get("deletionTimestamp")),
         )
 
 

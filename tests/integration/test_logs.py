@@ -1,0 +1,70 @@
+"""Each attempt's output outlives its pod: kept in a ConfigMap, salvaged on timeout and cancel."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+
+import pytest
+
+from tests.integration.conftest import Kube, OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+
+def kept_logs(kube: Kube, task: str) -> dict[int, str]:
+    """Attempt number → text, from the ConfigMap the operator keeps."""
+    config_map = kube.core.read_namespaced_config_map(f"{task}-logs", kube.namespace)
+    return {
+        int(key.split("-")[1].split(".")[0]): gzip.decompress(base64.b64decode(value)).decode()
+        for key, value in (config_map.binary_data or {}).items()
+    }
+
+
+def test_every_attempt_is_kept_after_its_pods_are_gone(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    script = (
+        'if [ -f /workspace/tried ]; then echo "attempt two"; else touch /workspace/tried; '
+        'echo "attempt one"; exit 1; fi'
+    )
+    spec = {"agent": shell_agent, "prompt": script, "retries": 1, "workspace": {"size": "64Mi"}}
+    kube.create("Task", "twice", spec)
+    kube.wait_for_phase("twice", "Succeeded", timeout=180)
+
+    kube.cluster.kubectl("-n", kube.namespace, "delete", "pods", "-l", "taskyard.dev/task=twice", "--wait")
+
+    assert kept_logs(kube, "twice") == {1: "attempt one\n", 2: "attempt two\n"}
+    config_map = kube.core.read_namespaced_config_map("twice-logs", kube.namespace)
+    assert config_map.metadata.owner_references[0].kind == "Task"
+
+
+def test_timed_out_task_keeps_what_it_wrote_before_the_kill(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    kube.create(
+        "Task", "overdue", {"agent": shell_agent, "prompt": "echo progress; sleep 300", "timeout": "6s"}
+    )
+
+    task = kube.wait_for_phase("overdue", "Failed", timeout=90)
+
+    assert task["status"]["reason"] == "DeadlineExceeded"
+    kube.wait_for("the pod to be gone", lambda: not kube.pods("overdue"), timeout=60)
+    assert kept_logs(kube, "overdue") == {1: "progress\n"}
+    assert task["status"]["logTail"] == "progress"
+
+
+def test_cancelled_task_keeps_what_it_wrote(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
+    kube.create("Task", "halted", {"agent": shell_agent, "prompt": "echo half-way; sleep 300"})
+    kube.wait_for(
+        "the agent to print",
+        lambda: (
+            "half-way" in kube.cluster.kubectl("-n", kube.namespace, "logs", "job/halted", check=False).stdout
+        ),
+    )
+
+    kube.patch_task("halted", {"spec": {"cancel": True}})
+
+    kube.wait_for_phase("halted", "Cancelled")
+    kube.wait_for("the pod to be gone", lambda: not kube.pods("halted"), timeout=60)
+    assert kept_logs(kube, "halted") == {1: "half-way\n"}
