@@ -25,6 +25,7 @@ import kopf
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from taskyard import metrics
 from taskyard.api import API_VERSION, GROUP, LABEL_TASK, VERSION, SpecError, parse_agent_spec, parse_task_spec
 from taskyard.logstore import attempts_to_keep, log_config_map_name, log_key, pack_log, pod_key
 from taskyard.phase import (
@@ -143,6 +144,13 @@ class Controller:
     failures: dict[TaskKey | None, int] = field(default_factory=dict)
     # The pod whose output is in status.logTail; after a restart it is read once more, which is harmless.
     logs_collected_from: dict[TaskKey, str] = field(default_factory=dict)
+    view: ClusterView | None = None  # the latest, for metrics scraped between events
+
+    def known_tasks(self) -> list[dict[str, Any]]:
+        """Every Task in the operator's cache (for metrics)."""
+        if self.view is None:
+            return []
+        return [task for tasks in list(self.view.tasks.values()) for task in tasks]
 
     def forget(self, key: TaskKey) -> None:
         """Drops what is remembered of a deleted Task."""
@@ -170,6 +178,7 @@ class Controller:
         kopf does not retry event handlers, and a level-triggered operator must not lose a change
         because one request failed, so failures schedule their own retry with a growing delay.
         """
+        self.view = view
         async with self.lock:
             try:
                 if admit_first:
@@ -181,6 +190,7 @@ class Controller:
                 self.failures.pop(key, None)
             except (TimeoutError, ApiException, aiohttp.ClientError, OSError) as error:
                 logger.warning("reconciling %s failed (%s); retrying", key, error)
+                metrics.RECONCILE_ERRORS.inc()
                 self._retry(key, view)
 
     def _retry(self, key: TaskKey | None, view: ClusterView) -> None:
@@ -225,6 +235,7 @@ class Controller:
             if agent is not None:
                 candidates[key] = (task, agent)
         if not candidates:
+            metrics.QUEUE_DEPTH.set(0)
             return
         waiting = [
             QueueEntry(
@@ -249,6 +260,7 @@ class Controller:
         chosen = select_admissions(
             waiting, running, limits, datetime.now(UTC).timestamp(), self.settings.aging_seconds
         )
+        metrics.QUEUE_DEPTH.set(len(waiting) - len(chosen))
         for entry in chosen:
             key = (entry.namespace, label_value_for(entry.name))
             task, agent = candidates[key]
@@ -296,6 +308,9 @@ class Controller:
         if not created and not await self._job_is_ours(meta, job["metadata"]["name"]):
             return  # a namesake Job of a deleted Task is still going away; its deletion event brings us back
         self.requested[key] = (meta["namespace"], agent.ref, job["metadata"]["name"])
+        metrics.ADMISSION_WAIT.observe(
+            max(datetime.now(UTC).timestamp() - _epoch(meta.get("creationTimestamp")), 0)
+        )
         kopf.event(
             _ref(task), type="Normal", reason="Admitted", message=f"created Job {job['metadata']['name']}"
         )
@@ -320,6 +335,7 @@ class Controller:
         patch["conditions"] = [condition]
         await self._patch_status(self._key_of(task), task, patch)
         kopf.event(_ref(task), type="Warning", reason=reason, message=message)
+        _count_finished(task["spec"].get("agent", ""), patch)
 
     # --- reconciliation ----------------------------------------------------------------------------
 
@@ -376,6 +392,11 @@ class Controller:
         await self._patch_status(key, task, patch)
         if "phase" in patch:
             _announce(task, desired)
+            if desired["phase"] in TERMINAL_PHASES:
+                _count_finished(spec.get("agent", ""), desired)
+        elif desired.get("attempts", 0) > max(current.get("attempts", 0), 1):
+            message = f"attempt {desired['attempts']} started; the previous one failed"
+            kopf.event(_ref(task), type="Normal", reason="Retrying", message=message)
         if (
             desired.get("phase") in TERMINAL_PHASES
             and claim
@@ -513,6 +534,13 @@ def _announce(task: dict[str, Any], status: dict[str, Any]) -> None:
     phase, reason, message = status.get("phase"), status.get("reason", ""), status.get("message", "")
     warning = phase == "Failed" or reason == "AgentNotFound"
     kopf.event(_ref(task), type="Warning" if warning else "Normal", reason=reason or phase, message=message)
+
+
+def _count_finished(agent: str, status: dict[str, Any]) -> None:
+    metrics.TASKS_FINISHED.labels(agent=agent, outcome=status["phase"]).inc()
+    if status.get("startTime") and status.get("completionTime"):
+        seconds = _epoch(status["completionTime"]) - _epoch(status["startTime"])
+        metrics.TASK_DURATION.labels(agent=agent).observe(max(seconds, 0))
 
 
 def _owner_reference(task: dict[str, Any]) -> dict[str, Any]:

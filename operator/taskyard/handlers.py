@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 from kubernetes_asyncio import client, config
 
+from taskyard import metrics
 from taskyard.api import GROUP, LABEL_TASK, VERSION
 from taskyard.controller import ANNOTATION_AGENT_REF, ClusterView, Controller, TaskKey
 from taskyard.phase import TERMINAL_PHASES, JobView, PodView
@@ -48,12 +49,18 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
         config.load_incluster_config()
     except config.ConfigException:
         await config.load_kube_config()
-    memo.controller = Controller(api=client.ApiClient(), settings=OperatorSettings.from_env())
-    logger.info("taskyard operator started with %s", memo.controller.settings)
+    controller = Controller(api=client.ApiClient(), settings=OperatorSettings.from_env())
+    memo.controller = controller
+    memo.metrics = None
+    if controller.settings.metrics_port:
+        memo.metrics = await metrics.serve(controller.settings.metrics_port, controller.known_tasks)
+    logger.info("taskyard operator started with %s", controller.settings)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    if memo.metrics is not None:
+        await memo.metrics.cleanup()
     await memo.controller.api.close()
 
 

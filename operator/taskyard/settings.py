@@ -21,6 +21,8 @@ class OperatorSettings:
     max_concurrent_per_agent: int | None = None
     # A waiting Task climbs one priority level per this many seconds, so low work cannot starve.
     aging_seconds: float = 600.0
+    # Where /metrics is served; 0 turns the endpoint off.
+    metrics_port: int = 8000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -30,6 +32,7 @@ class OperatorSettings:
             max_concurrent_per_namespace=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_NAMESPACE"),
             max_concurrent_per_agent=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_AGENT"),
             aging_seconds=_seconds(env, "TASKYARD_AGING_SECONDS", default=600.0),
+            metrics_port=_port(env, "TASKYARD_METRICS_PORT", default=8000),
         )
 
 
@@ -57,3 +60,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name}={raw!r}: expected a number of seconds (0 disables aging)")
     return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ValueError(f"{name}={raw!r}: expected a TCP port from 1 to 65535, or 0 to turn it off")
+    return int(raw)

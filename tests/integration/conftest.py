@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,6 +166,12 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def start_operator(
     cluster: Cluster, namespace: str, crds: None, tmp_path: Path, request: pytest.FixtureRequest
@@ -173,6 +180,7 @@ def start_operator(
     started: list[OperatorProcess] = []
 
     def start(**env: str) -> OperatorProcess:
+        env.setdefault("TASKYARD_METRICS_PORT", str(free_port()))
         operator = OperatorProcess(cluster, namespace, tmp_path / "operator.log", env).start()
         started.append(operator)
         return operator

@@ -1,0 +1,98 @@
+"""Prometheus metrics of the operator, served on /metrics from the operator's own event loop.
+
+Counters and histograms are updated where things happen (a Task finishing, a Task admitted, a failed
+reconcile); the per-phase gauge is computed at scrape time from the operator's cache, so it is exact
+after a restart too. Serving from the event loop (not prometheus-client's thread) means the collector
+reads the cache without racing the handlers that change it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry()
+
+TASKS_FINISHED = Counter(
+    "taskyard_tasks_finished_total",
+    "Tasks that reached a final phase, by agent and outcome (Succeeded, Failed, Cancelled).",
+    ["agent", "outcome"],
+    registry=REGISTRY,
+)
+TASK_DURATION = Histogram(
+    "taskyard_task_duration_seconds",
+    "Run time of finished Tasks, from the Job's start to the final phase, by agent.",
+    ["agent"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
+    registry=REGISTRY,
+)
+ADMISSION_WAIT = Histogram(
+    "taskyard_admission_wait_seconds",
+    "Time from a Task's creation until the operator admitted it (created its Job).",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "taskyard_queue_depth",
+    "Tasks waiting for capacity (their agent exists, the concurrency limits hold them back).",
+    registry=REGISTRY,
+)
+RECONCILE_ERRORS = Counter(
+    "taskyard_reconcile_errors_total",
+    "Reconciliations that failed on an API error and were scheduled again.",
+    registry=REGISTRY,
+)
+
+
+class TaskPhaseCollector(Collector):
+    """``taskyard_tasks{phase, agent}``: the Tasks the operator sees, counted at scrape time."""
+
+    def __init__(self, tasks: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self._tasks = tasks
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("taskyard_tasks", "Tasks by phase and agent.", labels=["phase", "agent"])
+        counts = count_by_phase_and_agent(self._tasks())
+        for (phase, agent), count in sorted(counts.items()):
+            family.add_metric([phase, agent], count)
+        yield family
+
+
+def count_by_phase_and_agent(tasks: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """How many Tasks are in each (phase, agent); a Task without a status yet counts as Pending."""
+    return dict(
+        Tally(
+            ((task.get("status") or {}).get("phase") or "Pending", (task.get("spec") or {}).get("agent", ""))
+            for task in tasks
+        )
+    )
+
+
+async def serve(port: int, tasks: Callable[[], Iterable[dict[str, Any]]]) -> web.AppRunner:
+    """Starts the /metrics endpoint on ``port`` (all interfaces); returns the runner to stop it."""
+    REGISTRY.register(TaskPhaseCollector(tasks))
+
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(REGISTRY))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
