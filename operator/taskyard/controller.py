@@ -62,6 +62,14 @@ LOG_TAIL_BYTES = 8192
 LOG_KEEP_LINES = 20000  # read per attempt; the log store keeps the last 256 KiB of it
 
 
+class InstrumentedApiClient(client.ApiClient):
+    """The API client, counting every request it sends (``taskyard_api_requests_total``)."""
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        metrics.API_REQUESTS.labels(method=method).inc()
+        return super().request(method, url, *args, **kwargs)
+
+
 @dataclass(frozen=True)
 class ResolvedAgent:
     """An Agent or ClusterAgent a Task can run on. ``ref`` identifies it for per-agent limits."""

@@ -14,11 +14,11 @@ import logging
 from typing import Any
 
 import kopf
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import config
 
 from taskyard import metrics
 from taskyard.api import GROUP, LABEL_TASK, VERSION
-from taskyard.controller import ANNOTATION_AGENT_REF, ClusterView, Controller, TaskKey
+from taskyard.controller import ANNOTATION_AGENT_REF, ClusterView, Controller, InstrumentedApiClient, TaskKey
 from taskyard.phase import TERMINAL_PHASES, JobView, PodView
 from taskyard.render import label_value_for
 from taskyard.settings import OperatorSettings
@@ -49,7 +49,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
         config.load_incluster_config()
     except config.ConfigException:
         await config.load_kube_config()
-    controller = Controller(api=client.ApiClient(), settings=OperatorSettings.from_env())
+    controller = Controller(api=InstrumentedApiClient(), settings=OperatorSettings.from_env())
     memo.controller = controller
     memo.metrics = None
     if controller.settings.metrics_port:
@@ -177,6 +177,7 @@ def _view(indexes: dict[str, Any]) -> ClusterView:
 
 @kopf.on.event(*TASKS)
 async def task_changed(type: str, namespace: str, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    metrics.EVENTS_HANDLED.labels(resource="tasks").inc()
     controller: Controller = memo.controller
     key = _key(namespace, name)
     if type == "DELETED":
@@ -189,17 +190,20 @@ async def task_changed(type: str, namespace: str, name: str, memo: kopf.Memo, **
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
 async def job_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    metrics.EVENTS_HANDLED.labels(resource="jobs").inc()
     await memo.controller.handle((namespace, labels[LABEL_TASK]), _view(kwargs))
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
 async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    metrics.EVENTS_HANDLED.labels(resource="pods").inc()
     await memo.controller.handle((namespace, labels[LABEL_TASK]), _view(kwargs))
 
 
 @kopf.on.event(*AGENTS)
 @kopf.on.event(*CLUSTER_AGENTS)
-async def agent_changed(name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def agent_changed(name: str, resource: kopf.Resource, memo: kopf.Memo, **kwargs: Any) -> None:
+    metrics.EVENTS_HANDLED.labels(resource=resource.plural).inc()
     # Tasks waiting for this agent (GitOps applies in any order) re-derive their phase and may start.
     controller: Controller = memo.controller
     view = _view(kwargs)

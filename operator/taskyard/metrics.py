@@ -50,6 +50,18 @@ QUEUE_DEPTH = Gauge(
     "Tasks waiting for capacity (their agent exists, the concurrency limits hold them back).",
     registry=REGISTRY,
 )
+API_REQUESTS = Counter(
+    "taskyard_api_requests_total",
+    "Requests the controller made to the API server, by HTTP method (kopf's watches and events excluded).",
+    ["method"],
+    registry=REGISTRY,
+)
+EVENTS_HANDLED = Counter(
+    "taskyard_events_handled_total",
+    "Watch events handled, by resource (tasks, jobs, pods, agents, clusteragents).",
+    ["resource"],
+    registry=REGISTRY,
+)
 RECONCILE_ERRORS = Counter(
     "taskyard_reconcile_errors_total",
     "Reconciliations that failed on an API error and were scheduled again.",
