@@ -1,4 +1,17 @@
 #!/usr/bin/env bash
-# `make bench`: the operator-versus-API-server benchmark is not written yet; say so plainly.
-echo "make bench: the benchmark is not implemented yet; see docs/architecture.md for what it will measure" >&2
-exit 2
+# `make bench`: the operator against the API-server floor, the queue and scale (see hack/bench.py).
+# Uses $KUBECONFIG when it answers, else the local cluster (started if needed). Prints figures and
+# writes docs/benchmarks.json; docs/benchmarks.md explains them.
+source "$(dirname "$0")/lib.sh"
+
+"$REPO_ROOT/hack/install-deps.sh" python
+if [[ -z "${KUBECONFIG:-}" ]] || ! kubectl --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
+  "$REPO_ROOT/hack/install-deps.sh"
+  "$REPO_ROOT/hack/cluster-up.sh"
+  export KUBECONFIG="$KUBECONFIG_PATH"
+fi
+kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/" >/dev/null
+kubectl wait --for=condition=Established crd/tasks.taskyard.dev --timeout=60s >/dev/null
+mkdir -p "$CLUSTER_DIR"
+cd "$REPO_ROOT"
+exec "$VENV/bin/python" hack/bench.py

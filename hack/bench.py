@@ -1,0 +1,575 @@
+"""`make bench`: what taskyard costs on top of Kubernetes itself, and how it scales.
+
+Runs against the cluster of $KUBECONFIG with the operator out of cluster (``python -m taskyard``), and
+prints figures; it is not a test. Four measurements:
+
+1. burst  - N Tasks applied as fast as a client can; time until every Task has its Job and a status,
+            and apply→Job latency per Task (from watch event receipt times).
+2. floor  - the same N Tasks handled by a minimal controller that only makes the writes no operator
+            can avoid (create the Job, one status patch), same client library and concurrency.
+            operator / floor is the headline figure.
+3. queue  - N Tasks of mixed priorities under a concurrency limit, real pods that exit at once:
+            admission-order inversions, the most running at once, Tasks finished per minute.
+4. scale  - the operator's memory and CPU with N finished Tasks present, the time a freshly started
+            operator takes to catch up with them, and the API requests it makes meanwhile.
+
+Burst, floor and scale use an Agent whose pods can never be scheduled (a nodeSelector no node has), so
+the kubelet does no work and the figures are the operator's and the API server's alone; the queue run
+uses real pods. Results go to docs/benchmarks.json (compared with the previous run) and are printed.
+
+Environment: BENCH_BURST="100,500,1000", BENCH_QUEUE=1000, BENCH_QUEUE_LIMIT=10, BENCH_SCALE="1000,10000",
+BENCH_CONCURRENCY=16, BENCH_ONLY="burst,queue,scale".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.rest import ApiException
+
+from taskyard.api import GROUP, VERSION, parse_agent_spec, parse_task_spec
+from taskyard.render import TaskRef, render_job
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "docs" / "benchmarks.json"
+SHELL_IMAGE = "localhost/taskyard/shell:dev"
+PARKED_AGENT = {
+    "image": SHELL_IMAGE,
+    "command": ["sh", "/etc/taskyard/prompt"],
+    "nodeSelector": {"taskyard.dev/bench": "parked"},
+    "timeout": "2h",
+}
+QUICK_AGENT = {"image": SHELL_IMAGE, "command": ["sh", "/etc/taskyard/prompt"], "timeout": "10m"}
+PRIORITIES = ("critical", "high", "medium", "low")
+
+
+def env_list(name: str, default: str) -> list[int]:
+    return [int(item) for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(round(fraction * (len(ordered) - 1)), len(ordered) - 1)
+    return ordered[index]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Operator:
+    """The operator as a child process, watching one namespace, with its metrics endpoint."""
+
+    def __init__(self, namespace: str, **env: str) -> None:
+        self.port = free_port()
+        self.log = open(REPO_ROOT / ".cluster" / f"bench-operator-{namespace}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "taskyard", "--namespace", namespace],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TASKYARD_METRICS_PORT": str(self.port), **env},
+        )
+        self.started = time.monotonic()
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of the metrics endpoint, keyed "name{labels}"; empty while it is not up yet."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
+    def resources(self) -> tuple[float, float]:
+        """Resident memory (MiB) and CPU seconds (user + system) of the process so far."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+class Bench:
+    def __init__(self, api: client.ApiClient, concurrency: int) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.concurrency = concurrency
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def namespace(self, prefix: str) -> str:
+        name = f"bench-{prefix}-{uuid.uuid4().hex[:6]}"
+        await self.core.create_namespace({"metadata": {"name": name}})
+        return name
+
+    async def drop_namespace(self, name: str) -> None:
+        with contextlib.suppress(ApiException):
+            await self.core.delete_namespace(name)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                await self.core.read_namespace(name)
+            except ApiException as error:
+                if error.status == 404:
+                    return
+            await asyncio.sleep(2)
+
+    async def agent(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Agent", "metadata": {"name": name}, "spec": spec}
+        await self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "agents", body)
+
+    async def create_tasks(
+        self, namespace: str, specs: dict[str, dict[str, Any]], status: dict[str, Any] | None = None
+    ) -> dict[str, float]:
+        """Creates the Tasks with bounded concurrency; returns when each create was acknowledged."""
+        acknowledged: dict[str, float] = {}
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(name: str, spec: dict[str, Any]) -> None:
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Task",
+                "metadata": {"name": name},
+                "spec": spec,
+            }
+            async with gate:
+                await self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "tasks", body)
+                acknowledged[name] = time.monotonic()
+                if status is not None:
+                    await self.custom.patch_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        "tasks",
+                        name,
+                        {"status": status},
+                        _content_type="application/merge-patch+json",
+                    )
+
+        await asyncio.gather(*(one(name, spec) for name, spec in specs.items()))
+        return acknowledged
+
+    async def watch(
+        self,
+        list_call: Callable[..., Awaitable[Any]],
+        on_event: Callable[[str, dict[str, Any], float], None],
+        stop: asyncio.Event,
+        **kwargs: Any,
+    ) -> None:
+        """Streams watch events (as plain dicts) to ``on_event`` until ``stop`` is set."""
+        while not stop.is_set():
+            stream = watch.Watch()
+            try:
+                async with stream.stream(
+                    list_call, timeout_seconds=30, _request_timeout=40, **kwargs
+                ) as events:
+                    async for event in events:
+                        obj = event["object"]
+                        body = obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
+                        on_event(event["type"], body, time.monotonic())
+                        if stop.is_set():
+                            break
+            except (TimeoutError, ApiException):
+                await asyncio.sleep(0.1)
+
+    async def wait_until(self, what: str, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    # --- 1 and 2: burst against the floor ---------------------------------------------------------
+
+    async def burst(self, n: int, controller: str) -> dict[str, Any]:
+        """N parked Tasks; `controller` is "operator" or "floor"."""
+        namespace = await self.namespace(f"{controller}-{n}")
+        await self.agent(namespace, "parked", PARKED_AGENT)
+        job_seen: dict[str, float] = {}
+        status_seen: dict[str, float] = {}
+        stop = asyncio.Event()
+
+        def on_job(kind: str, body: dict[str, Any], at: float) -> None:
+            task = body["metadata"].get("labels", {}).get("taskyard.dev/task")
+            if task:
+                job_seen.setdefault(task, at)
+
+        def on_task(kind: str, body: dict[str, Any], at: float) -> None:
+            if (body.get("status") or {}).get("phase"):
+                status_seen.setdefault(body["metadata"]["name"], at)
+
+        watchers = [
+            asyncio.create_task(
+                self.watch(self.batch.list_namespaced_job, on_job, stop, namespace=namespace)
+            ),
+            asyncio.create_task(
+                self.watch(
+                    self.custom.list_namespaced_custom_object,
+                    on_task,
+                    stop,
+                    group=GROUP,
+                    version=VERSION,
+                    namespace=namespace,
+                    plural="tasks",
+                )
+            ),
+        ]
+        operator = floor = None
+        if controller == "operator":
+            operator = Operator(namespace)
+            await self.wait_until("the operator's metrics endpoint", lambda: bool(operator.metrics()), 60)
+        else:
+            floor = asyncio.create_task(self.floor_controller(namespace, stop))
+        await asyncio.sleep(1)  # watches established
+
+        specs = {f"t-{i:05d}": {"agent": "parked", "prompt": "true"} for i in range(n)}
+        started = time.monotonic()
+        acknowledged = await self.create_tasks(namespace, specs)
+        applied = time.monotonic() - started
+        await self.wait_until(
+            f"{n} Jobs and statuses", lambda: len(job_seen) >= n and len(status_seen) >= n, timeout=60 + n
+        )
+        finished = max(max(job_seen.values()), max(status_seen.values()))
+        latencies = [job_seen[name] - acknowledged[name] for name in specs]
+        result = {
+            "n": n,
+            "controller": controller,
+            "apply_seconds": round(applied, 3),
+            "total_seconds": round(finished - started, 3),
+            "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+            "latency_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
+            "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        }
+        if operator is not None:
+            samples = operator.metrics()
+            result["api_requests"] = int(
+                sum(v for k, v in samples.items() if k.startswith("taskyard_api_requests_total"))
+            )
+            result["rss_mib"], result["cpu_seconds"] = (round(x, 1) for x in operator.resources())
+            operator.stop()
+        stop.set()
+        for task in [*watchers, *([floor] if floor else [])]:
+            task.cancel()
+        await asyncio.gather(*watchers, *([floor] if floor else []), return_exceptions=True)
+        await self.drop_namespace(namespace)
+        return result
+
+    async def floor_controller(self, namespace: str, stop: asyncio.Event) -> None:
+        """Only the writes no operator can avoid: one Job create and one status patch per Task."""
+        agent = parse_agent_spec(PARKED_AGENT)
+        gate = asyncio.Semaphore(self.concurrency)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def handle(body: dict[str, Any]) -> None:
+            meta = body["metadata"]
+            ref = TaskRef(meta["name"], namespace, meta["uid"], parse_task_spec(body["spec"]))
+            async with gate:
+                await self.batch.create_namespaced_job(namespace, render_job(ref, agent, "parked"))
+                await self.custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    "tasks",
+                    meta["name"],
+                    {"status": {"phase": "Running", "jobName": meta["name"]}},
+                    _content_type="application/merge-patch+json",
+                )
+
+        def on_task(kind: str, body: dict[str, Any], at: float) -> None:
+            if kind == "ADDED":
+                task = asyncio.create_task(handle(body))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        await self.watch(
+            self.custom.list_namespaced_custom_object,
+            on_task,
+            stop,
+            group=GROUP,
+            version=VERSION,
+            namespace=namespace,
+            plural="tasks",
+        )
+
+    # --- 3: the queue -------------------------------------------------------------------------------
+
+    async def queue(self, n: int, limit: int) -> dict[str, Any]:
+        namespace = await self.namespace(f"queue-{n}")
+        await self.agent(namespace, "quick", QUICK_AGENT)
+        pod_started: dict[str, float] = {}
+        pod_ended: dict[str, float] = {}
+        succeeded: dict[str, float] = {}
+        stop = asyncio.Event()
+
+        def on_pod(kind: str, body: dict[str, Any], at: float) -> None:
+            name = body["metadata"]["name"]
+            pod_started.setdefault(name, at)
+            if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed") or kind == "DELETED":
+                pod_ended.setdefault(name, at)
+
+        def on_task(kind: str, body: dict[str, Any], at: float) -> None:
+            if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                succeeded.setdefault(body["metadata"]["name"], at)
+
+        watchers = [
+            asyncio.create_task(self.watch(self.core.list_namespaced_pod, on_pod, stop, namespace=namespace)),
+            asyncio.create_task(
+                self.watch(
+                    self.custom.list_namespaced_custom_object,
+                    on_task,
+                    stop,
+                    group=GROUP,
+                    version=VERSION,
+                    namespace=namespace,
+                    plural="tasks",
+                )
+            ),
+        ]
+        # Aging off: this run checks strict priority order, which aging deliberately relaxes.
+        operator = Operator(namespace, TASKYARD_MAX_CONCURRENT=str(limit), TASKYARD_AGING_SECONDS="0")
+        await self.wait_until("the operator's metrics endpoint", lambda: bool(operator.metrics()), 60)
+        await asyncio.sleep(1)
+        specs = {
+            f"q-{i:05d}": {"agent": "quick", "prompt": "true", "priority": PRIORITIES[(i * 7) % 4]}
+            for i in range(n)
+        }
+        started = time.monotonic()
+        acknowledged = await self.create_tasks(namespace, specs)
+        await self.wait_until(f"{n} Tasks to finish", lambda: len(succeeded) >= n, timeout=120 + 3 * n)
+        elapsed = max(succeeded.values()) - started
+        operator.stop()
+        stop.set()
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+        jobs = (await self.batch.list_namespaced_job(namespace)).items
+        admitted = {
+            j.metadata.labels["taskyard.dev/task"]: datetime.fromisoformat(
+                j.metadata.annotations["taskyard.dev/admitted-at"]
+            ).timestamp()
+            for j in jobs
+        }
+        tasks = (await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "tasks"))["items"]
+        failed = sum(1 for t in tasks if t.get("status", {}).get("phase") != "Succeeded")
+        # Map acknowledgement times (monotonic) onto the wall clock of the admitted-at annotations.
+        offset = time.time() - time.monotonic()
+        created = {name: at + offset for name, at in acknowledged.items()}
+        inversions = count_inversions(specs, created, admitted, grace=1.0)
+        intervals = [(pod_started[p], pod_ended.get(p, float("inf"))) for p in pod_started]
+        result = {
+            "n": n,
+            "limit": limit,
+            "jobs": len(jobs),
+            "failed": failed,
+            "inversions": inversions,
+            "max_running": max_overlap(intervals),
+            "tasks_per_minute": round(n / elapsed * 60, 1),
+            "seconds": round(elapsed, 1),
+        }
+        await self.drop_namespace(namespace)
+        return result
+
+    # --- 4: scale -------------------------------------------------------------------------------------
+
+    async def scale(self, n: int) -> dict[str, Any]:
+        namespace = await self.namespace(f"scale-{n}")
+        await self.agent(namespace, "parked", PARKED_AGENT)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        finished = {
+            "phase": "Succeeded",
+            "reason": "Completed",
+            "message": "the agent finished with exit code 0",
+            "startTime": now,
+            "completionTime": now,
+            "duration": "0s",
+            "exitCode": 0,
+            "observedGeneration": 1,
+        }
+        specs = {f"s-{i:05d}": {"agent": "parked", "prompt": "true"} for i in range(n)}
+        created_at = time.monotonic()
+        await self.create_tasks(namespace, specs, status=finished)
+        populate_seconds = time.monotonic() - created_at
+
+        operator = Operator(namespace)
+        await self.wait_until(
+            "the operator to handle every Task's initial event",
+            lambda: operator.metrics().get('taskyard_events_handled_total{resource="tasks"}', 0) >= n,
+            timeout=120 + n / 20,
+        )
+        catch_up = time.monotonic() - operator.started
+        await asyncio.sleep(2)  # anything still in flight would show in the request count below
+        samples = operator.metrics()
+        rss, cpu = operator.resources()
+        operator.stop()
+        await self.drop_namespace(namespace)
+        return {
+            "n": n,
+            "populate_seconds": round(populate_seconds, 1),
+            "catch_up_seconds": round(catch_up, 2),
+            "api_requests_during_catch_up": int(
+                sum(v for k, v in samples.items() if k.startswith("taskyard_api_requests_total"))
+            ),
+            "rss_mib": round(rss, 1),
+            "cpu_seconds": round(cpu, 2),
+        }
+
+
+def count_inversions(
+    specs: dict[str, dict[str, Any]], created: dict[str, float], admitted: dict[str, float], grace: float
+) -> int:
+    """Admissions that went ahead of a higher-priority Task that had been waiting at least ``grace`` s."""
+    rank = {name: PRIORITIES.index(spec["priority"]) for name, spec in specs.items()}
+    order = sorted(admitted, key=admitted.get)
+    inversions = 0
+    for position, name in enumerate(order):
+        at = admitted[name]
+        for later in order[position + 1 :]:
+            if rank[later] < rank[name] and created[later] + grace <= at:
+                inversions += 1
+                break
+    return inversions
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one moment (an end before a start at the same instant)."""
+    points = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in points:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    server = subprocess.run(["kubectl", "version", "-o", "json"], capture_output=True, text=True).stdout
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "kubernetes": json.loads(server or "{}").get("serverVersion", {}).get("gitVersion", "unknown"),
+    }
+
+
+def compare(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Lines saying how the headline figures moved since the previous run."""
+    lines = []
+    for n, ratio in current.get("ratios", {}).items():
+        before = previous.get("ratios", {}).get(n)
+        if before:
+            lines.append(f"  burst N={n}: operator/floor {before} -> {ratio}")
+    for now in current.get("scale", []):
+        before = next((s for s in previous.get("scale", []) if s["n"] == now["n"]), None)
+        if before:
+            lines.append(
+                f"  scale N={now['n']}: catch-up {before['catch_up_seconds']}s"
+                f" -> {now['catch_up_seconds']}s, RSS {before['rss_mib']} -> {now['rss_mib']} MiB"
+            )
+    return lines
+
+
+async def main() -> int:
+    await config.load_kube_config()
+    only = set(os.environ.get("BENCH_ONLY", "burst,queue,scale").split(","))
+    results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    results["modes"] = {
+        "burst": "real API server and controllers; pods never scheduled (no kubelet work)",
+        "queue": "real API server, controllers, scheduler and kubelet; real pods",
+        "scale": "real API server and controllers; finished Tasks only",
+    }
+    async with client.ApiClient() as api:
+        bench = Bench(api, int(os.environ.get("BENCH_CONCURRENCY", "16")))
+        if "burst" in only:
+            results["burst"], results["ratios"] = [], {}
+            for n in env_list("BENCH_BURST", "100,500,1000"):
+                floor = await bench.burst(n, "floor")
+                operator = await bench.burst(n, "operator")
+                ratio = round(operator["total_seconds"] / floor["total_seconds"], 2)
+                results["burst"] += [floor, operator]
+                results["ratios"][str(n)] = ratio
+                print(
+                    f"burst N={n}: operator {operator['total_seconds']}s"
+                    f" (p50 {operator['latency_p50_ms']} ms, p95 {operator['latency_p95_ms']} ms,"
+                    f" p99 {operator['latency_p99_ms']} ms, "
+                    f"{operator['api_requests']} requests), floor {floor['total_seconds']}s "
+                    f"(p50 {floor['latency_p50_ms']} ms) -> operator/floor {ratio}",
+                    flush=True,
+                )
+        if "queue" in only:
+            queue = await bench.queue(
+                int(os.environ.get("BENCH_QUEUE", "1000")), int(os.environ.get("BENCH_QUEUE_LIMIT", "10"))
+            )
+            results["queue"] = queue
+            print(
+                f"queue N={queue['n']} limit {queue['limit']}: {queue['inversions']} inversions, "
+                f"at most {queue['max_running']} running, {queue['tasks_per_minute']} Tasks/min, "
+                f"{queue['jobs']} Jobs, {queue['failed']} not Succeeded",
+                flush=True,
+            )
+        if "scale" in only:
+            results["scale"] = []
+            for n in env_list("BENCH_SCALE", "1000,10000"):
+                scale = await bench.scale(n)
+                results["scale"].append(scale)
+                print(
+                    f"scale N={n} finished Tasks: catch-up {scale['catch_up_seconds']}s, "
+                    f"{scale['api_requests_during_catch_up']} API requests, RSS {scale['rss_mib']} MiB, "
+                    f"CPU {scale['cpu_seconds']}s",
+                    flush=True,
+                )
+    if RESULTS.exists():
+        changes = compare(json.loads(RESULTS.read_text()), results)
+        if changes:
+            print("compared with the previous run:\n" + "\n".join(changes))
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"raw results: {RESULTS.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
