@@ -206,6 +206,20 @@ class Bench:
             except (TimeoutError, ApiException):
                 await asyncio.sleep(0.1)
 
+    async def watch_tasks(
+        self, namespace: str, on_event: Callable[[str, dict[str, Any], float], None], stop: asyncio.Event
+    ) -> None:
+        """Streams the namespace's Task events to ``on_event`` until ``stop`` is set."""
+        await self.watch(
+            self.custom.list_namespaced_custom_object,
+            on_event,
+            stop,
+            group=GROUP,
+            version=VERSION,
+            namespace=namespace,
+            plural="tasks",
+        )
+
     async def wait_until(self, what: str, done: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not done():
@@ -236,17 +250,7 @@ class Bench:
             asyncio.create_task(
                 self.watch(self.batch.list_namespaced_job, on_job, stop, namespace=namespace)
             ),
-            asyncio.create_task(
-                self.watch(
-                    self.custom.list_namespaced_custom_object,
-                    on_task,
-                    stop,
-                    group=GROUP,
-                    version=VERSION,
-                    namespace=namespace,
-                    plural="tasks",
-                )
-            ),
+            asyncio.create_task(self.watch_tasks(namespace, on_task, stop)),
         ]
         operator = floor = None
         if controller == "operator":
@@ -315,15 +319,7 @@ class Bench:
                 pending.add(task)
                 task.add_done_callback(pending.discard)
 
-        await self.watch(
-            self.custom.list_namespaced_custom_object,
-            on_task,
-            stop,
-            group=GROUP,
-            version=VERSION,
-            namespace=namespace,
-            plural="tasks",
-        )
+        await self.watch_tasks(namespace, on_task, stop)
 
     # --- 3: the queue -------------------------------------------------------------------------------
 
@@ -347,17 +343,7 @@ class Bench:
 
         watchers = [
             asyncio.create_task(self.watch(self.core.list_namespaced_pod, on_pod, stop, namespace=namespace)),
-            asyncio.create_task(
-                self.watch(
-                    self.custom.list_namespaced_custom_object,
-                    on_task,
-                    stop,
-                    group=GROUP,
-                    version=VERSION,
-                    namespace=namespace,
-                    plural="tasks",
-                )
-            ),
+            asyncio.create_task(self.watch_tasks(namespace, on_task, stop)),
         ]
         # Aging off: this run checks strict priority order, which aging deliberately relaxes.
         operator = Operator(namespace, TASKYARD_MAX_CONCURRENT=str(limit), TASKYARD_AGING_SECONDS="0")
