@@ -31,6 +31,10 @@ images: ## Build container images with buildah and load them into the local clus
 crds: ## Regenerate crds/ from the API models
 	PYTHONPATH=operator $(PYTHON) -m taskyard.crd
 
+.PHONY: manifests
+manifests: ## Regenerate the chart's CRDs and manifests/ from crds/ and the chart
+	hack/sync-chart.sh
+
 .PHONY: run
 run: ## Run the operator against the current kube context (applies the CRDs first)
 	kubectl apply --server-side -f crds/

@@ -1,0 +1,127 @@
+{{/* Names, labels and shared pieces of the taskyard chart. */}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "taskyard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The name of the operator's resources: fullnameOverride, else the release name when it contains
+the chart name, else <release>-<chart>. */}}
+{{- define "taskyard.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* chart-version, for the helm.sh/chart label. */}}
+{{- define "taskyard.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select the operator pod. They never change between upgrades. */}}
+{{- define "taskyard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "taskyard.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* Standard labels. Call with (dict "root" $ "component" "operator"). */}}
+{{- define "taskyard.labels" -}}
+helm.sh/chart: {{ include "taskyard.chart" .root }}
+app.kubernetes.io/name: {{ include "taskyard.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: taskyard
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end -}}
+
+{{/* The operator's ServiceAccount. */}}
+{{- define "taskyard.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "taskyard.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator image, with the chart's appVersion as the default tag. */}}
+{{- define "taskyard.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Checks values that the schema cannot check alone. Renders nothing. */}}
+{{- define "taskyard.validate" -}}
+{{- if and (eq .Values.rbac.scope "namespaced") (not .Values.watchNamespaces) -}}
+{{- fail "rbac.scope=namespaced needs watchNamespaces: the namespaces to create Roles in and to watch" -}}
+{{- end -}}
+{{- if eq .Values.rbac.scope "namespaced" -}}
+{{- range .Values.watchNamespaces -}}
+{{- if regexMatch "[*?\\[\\]!]" . -}}
+{{- fail (printf "watchNamespaces: %q is a pattern; with rbac.scope=namespaced every entry must be a namespace name, since a Role is created in each" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules the operator needs on namespaced resources: in a ClusterRole (scope cluster) or in a
+Role per watched namespace (scope namespaced). No access to Secrets at all: Task pods read their
+Secrets and ConfigMaps themselves, through their env and volumes. */}}
+{{- define "taskyard.namespacedRules" -}}
+- apiGroups: ["taskyard.dev"]
+  resources: ["tasks", "agents"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["taskyard.dev"]
+  resources: ["tasks/status"]
+  verbs: ["patch"]
+# What a Task owns (Job, claim, log ConfigMap) blocks the Task's deletion until it is gone. Clusters
+# with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift, for one) allow that only to
+# those who may update the owner's finalizers. Custom resources have no such subresource, so this
+# grants no API call.
+- apiGroups: ["taskyard.dev"]
+  resources: ["tasks/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create", "delete"]
+# The log ConfigMap each Task owns (<task>-logs): created, then patched for later attempts. No list or
+# watch, and no delete: the garbage collector removes it with its Task.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* The rules on cluster-scoped resources, needed in both scopes. */}}
+{{- define "taskyard.clusterRules" -}}
+- apiGroups: ["taskyard.dev"]
+  resources: ["clusteragents"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["priorityclasses"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}

@@ -1,0 +1,473 @@
+"""The Helm chart in helm/taskyard and the manifests rendered from it: lint, schema, RBAC, presets.
+
+These tests run the helm binary (``helm template`` and ``helm lint``, no cluster): the one built for the
+local cluster (~/.cache/taskyard/helm-$HELM_VERSION/bin/helm), else ``helm`` on PATH.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from taskyard.api import parse_agent_spec
+from taskyard.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "helm" / "taskyard"
+RELEASE_NAMESPACE = "taskyard-system"
+PRIORITIES = ("critical", "high", "medium", "low")
+PRESETS = ("shell", "claude-code", "gemini-cli", "codex", "aider")
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+
+
+@cache
+def _helm() -> str:
+    version = os.environ.get("HELM_VERSION", "v3.19.0")
+    cache_dir = Path(os.environ.get("TASKYARD_CACHE", Path.home() / ".cache" / "taskyard"))
+    built = cache_dir / f"helm-{version}" / "bin" / "helm"
+    if built.is_file() and os.access(built, os.X_OK):
+        return str(built)
+    on_path = shutil.which("helm")
+    if on_path is None:
+        pytest.skip(f"no helm binary: neither {built} nor helm on PATH (hack/build-tools.sh builds it)")
+    return on_path
+
+
+def _run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_helm(), *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def render(*sets: str, release: str = "taskyard") -> list[dict[str, Any]]:
+    """`helm template` with --set arguments; the rendered objects (CRDs not included)."""
+    args = ["template", release, str(CHART), "--namespace", RELEASE_NAMESPACE]
+    for item in sets:
+        args += ["--set", item]
+    result = _run_helm(*args, check=False)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = of_kind(objects, "Deployment")
+    return found
+
+
+def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = deployment(objects)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in container.get("env", [])}
+
+
+def rbac_rules(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{obj['kind']}/{obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}", rule)
+        for obj in objects
+        if obj["kind"] in ("Role", "ClusterRole")
+        for rule in obj.get("rules", [])
+    ]
+
+
+def grants(objects: list[dict[str, Any]], kind: str, group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+        for obj in of_kind(objects, kind)
+        for rule in obj["rules"]
+    )
+
+
+# --- the chart as a whole ------------------------------------------------------------------------
+
+
+def test_helm_lint_strict_passes():
+    result = _run_helm("lint", "--strict", str(CHART), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_chart_version_and_app_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert (chart["name"], chart["version"], chart["appVersion"]) == ("taskyard", "0.1.0", "0.1.0")
+
+
+def test_chart_crds_are_identical_to_the_repository_crds():
+    """crds/ is the source of truth; `make manifests` copies it into the chart."""
+    source = sorted(path.name for path in (REPO_ROOT / "crds").glob("*.yaml"))
+    copied = sorted(path.name for path in (CHART / "crds").glob("*.yaml"))
+    assert copied == source, "run `make manifests`"
+    for name in source:
+        assert (CHART / "crds" / name).read_bytes() == (REPO_ROOT / "crds" / name).read_bytes(), (
+            f"helm/taskyard/crds/{name} differs from crds/{name}: run `make manifests`"
+        )
+
+
+def test_manifests_are_identical_to_a_fresh_render(tmp_path: Path):
+    """manifests/ is what hack/sync-chart.sh renders from the chart today."""
+    env = {**os.environ, "HELM_VERSION": os.environ.get("HELM_VERSION", "v3.19.0")}
+    env["PATH"] = str(Path(_helm()).parent) + os.pathsep + env["PATH"]
+    fresh = tmp_path / "manifests"
+    subprocess.run(
+        [str(REPO_ROOT / "hack" / "sync-chart.sh"), "--manifests", str(fresh)],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    committed = REPO_ROOT / "manifests"
+    fresh_files = sorted(str(path.relative_to(fresh)) for path in fresh.rglob("*") if path.is_file())
+    committed_files = sorted(
+        str(path.relative_to(committed)) for path in committed.rglob("*") if path.is_file()
+    )
+    assert committed_files == fresh_files, "run `make manifests`"
+    _, mismatch, errors = filecmp.cmpfiles(committed, fresh, fresh_files, shallow=False)
+    assert not mismatch and not errors, f"stale in manifests/: {mismatch + errors}; run `make manifests`"
+
+
+def test_manifests_install_the_operator_and_keep_presets_apart():
+    kustomization = yaml.safe_load((REPO_ROOT / "manifests" / "kustomization.yaml").read_text())
+    objects = [
+        doc
+        for name in kustomization["resources"]
+        for doc in yaml.safe_load_all((REPO_ROOT / "manifests" / name).read_text())
+        if doc
+    ]
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Namespace", "CustomResourceDefinition", "Deployment", "ClusterRole"} <= kinds
+    # A custom resource cannot be applied in the same kubectl run that creates its CRD.
+    assert "ClusterAgent" not in kinds
+    (namespace,) = of_kind(objects, "Namespace")
+    assert namespace["metadata"]["name"] == RELEASE_NAMESPACE
+    assert deployment(objects)["metadata"]["namespace"] == RELEASE_NAMESPACE
+    for path in (REPO_ROOT / "manifests").rglob("*.yaml"):
+        assert path.read_text().startswith("# Generated by hack/sync-chart.sh"), path
+
+
+def test_every_object_carries_the_standard_labels():
+    objects = render("priorityClasses.create=true", *(f"agents.{name}.enabled=true" for name in PRESETS))
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        missing = [key for key in STANDARD_LABELS if key not in labels]
+        assert not missing, f"{obj['kind']}/{obj['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/part-of"] == "taskyard"
+
+
+# --- values schema -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("concurency.total=1", "concurency"),
+        ("agents.shel.enabled=true", "shel"),
+        ("agents.shell.timout=5m", "timout"),
+        ("rbac.scope=everywhere", "scope"),
+        ("logLevel=trace", "logLevel"),
+        ("concurrency.total=-1", "total"),
+        ("agents.shell.timeout=1.5h", "timeout"),
+    ],
+)
+def test_values_schema_rejects_typos_and_bad_values(setting: str, complaint: str):
+    result = _run_helm("template", "taskyard", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0, f"--set {setting} was accepted"
+    assert complaint in result.stderr
+
+
+def test_namespaced_scope_needs_namespace_names():
+    result = _run_helm("template", "taskyard", str(CHART), "--set", "rbac.scope=namespaced", check=False)
+    assert result.returncode != 0
+    assert "watchNamespaces" in result.stderr
+    result = _run_helm(
+        "template",
+        "taskyard",
+        str(CHART),
+        "--set",
+        "rbac.scope=namespaced",
+        "--set",
+        "watchNamespaces={team-*}",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "pattern" in result.stderr
+
+
+# --- RBAC ------------------------------------------------------------------------------------------
+
+
+def test_cluster_scope_grants_what_the_operator_uses():
+    objects = render()
+    assert not of_kind(objects, "Role")
+    needed = [
+        ("taskyard.dev", "tasks", "watch"),
+        ("taskyard.dev", "agents", "list"),
+        ("taskyard.dev", "clusteragents", "watch"),
+        ("taskyard.dev", "tasks/status", "patch"),
+        ("taskyard.dev", "tasks/finalizers", "update"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("batch", "jobs", "get"),
+        ("", "pods", "watch"),
+        ("", "pods/log", "get"),
+        ("", "persistentvolumeclaims", "create"),
+        ("", "persistentvolumeclaims", "delete"),
+        ("", "events", "create"),
+        ("events.k8s.io", "events", "create"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("scheduling.k8s.io", "priorityclasses", "watch"),
+        ("", "configmaps", "create"),
+        ("", "configmaps", "patch"),
+    ]
+    for group, resource, verb in needed:
+        assert grants(objects, "ClusterRole", group, resource, verb), (group, resource, verb)
+    (binding,) = of_kind(objects, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "taskyard", "namespace": RELEASE_NAMESPACE}
+    ]
+    # The Task spec and metadata are never written: only the status subresource.
+    assert not grants(objects, "ClusterRole", "taskyard.dev", "tasks", "patch")
+    assert not grants(objects, "ClusterRole", "taskyard.dev", "tasks", "update")
+
+
+def test_namespaced_scope_creates_a_role_in_each_watched_namespace():
+    objects = render("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")
+    roles = {role["metadata"]["namespace"]: role for role in of_kind(objects, "Role")}
+    assert sorted(roles) == ["team-a", "team-b"]
+    bindings = {binding["metadata"]["namespace"]: binding for binding in of_kind(objects, "RoleBinding")}
+    assert sorted(bindings) == ["team-a", "team-b"]
+    for binding in bindings.values():
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == RELEASE_NAMESPACE
+    for role in roles.values():
+        assert {"tasks", "jobs", "pods", "pods/log"} <= {
+            r for rule in role["rules"] for r in rule["resources"]
+        }
+    # The ClusterRole keeps only what is cluster-scoped.
+    (cluster_role,) = of_kind(objects, "ClusterRole")
+    cluster_resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    assert cluster_resources == {
+        "clusteragents",
+        "priorityclasses",
+        "customresourcedefinitions",
+        "namespaces",
+    }
+    args = operator_container(objects)["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+
+
+def test_watch_namespaces_with_cluster_scope_restricts_the_operator_only():
+    objects = render("watchNamespaces={team-a}")
+    assert not of_kind(objects, "Role")
+    assert "--namespace=team-a" in operator_container(objects)["args"]
+    assert grants(objects, "ClusterRole", "", "namespaces", "list")
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [(), ("rbac.scope=namespaced", "watchNamespaces={team-a,team-b}")],
+    ids=["cluster", "namespaced"],
+)
+def test_no_access_to_secrets_and_no_reading_through_configmaps(sets: tuple[str, ...]):
+    """Task pods read their Secrets and ConfigMaps themselves, so the operator has no access to Secrets.
+
+    Its only ConfigMap access is to the log ConfigMap each Task owns: create it, read it back and patch
+    it for a later attempt. Without list or watch it cannot go through the ConfigMaps of a namespace.
+    """
+    rules = rbac_rules(render(*sets))
+    assert rules
+    for where, rule in rules:
+        assert "*" not in rule["resources"], where
+        assert "*" not in rule["verbs"], where
+        assert "*" not in rule["apiGroups"], where
+        assert "secrets" not in rule["resources"], f"{where}: {rule}"
+        if "configmaps" in rule["resources"]:
+            assert rule["resources"] == ["configmaps"], where
+            assert sorted(rule["verbs"]) == ["create", "get", "patch"], f"{where}: {rule}"
+
+
+def test_no_rbac_objects_when_disabled():
+    objects = render("rbac.create=false")
+    assert not [obj for obj in objects if obj["apiVersion"].startswith("rbac.authorization.k8s.io")]
+
+
+# --- Deployment ------------------------------------------------------------------------------------
+
+
+def test_default_deployment():
+    objects = render()
+    found = deployment(objects)
+    spec, pod = found["spec"], found["spec"]["template"]["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert pod["serviceAccountName"] == "taskyard"
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+
+    container = operator_container(objects)
+    assert container["image"] == "ghcr.io/taskyard/operator:0.1.0"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["command"] == ["python3", "-m", "taskyard"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert probe["port"] == "health"
+    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "500m", "memory": "256Mi"},
+    }
+    env = env_of(container)
+    assert env["TASKYARD_AGING_SECONDS"] == "600"
+    assert "TASKYARD_MAX_CONCURRENT" not in env
+
+
+def test_settings_reach_the_operator_as_it_reads_them():
+    objects = render(
+        "concurrency.total=5",
+        "concurrency.perNamespace=2",
+        "concurrency.perAgent=1",
+        "agingSeconds=120",
+    )
+    settings = OperatorSettings.from_env(env_of(operator_container(objects)))
+    assert settings == OperatorSettings(
+        max_concurrent=5,
+        max_concurrent_per_namespace=2,
+        max_concurrent_per_agent=1,
+        aging_seconds=120.0,
+    )
+    # null turns aging off rather than falling back to the operator's default of 600 s.
+    assert (
+        OperatorSettings.from_env(env_of(operator_container(render("agingSeconds=null")))).aging_seconds == 0
+    )
+
+
+@pytest.mark.parametrize(("level", "flag"), [("debug", "--verbose"), ("warning", "--quiet"), ("info", None)])
+def test_log_level_maps_to_the_operator_flag(level: str, flag: str | None):
+    args = operator_container(render(f"logLevel={level}"))["args"]
+    assert [arg for arg in args if arg in ("--verbose", "--quiet")] == ([flag] if flag else [])
+
+
+def test_image_tag_and_extra_args():
+    container = operator_container(
+        render(
+            "image.repository=localhost/taskyard/operator", "image.tag=dev", "extraArgs={--log-format=json}"
+        )
+    )
+    assert container["image"] == "localhost/taskyard/operator:dev"
+    assert container["args"][-1] == "--log-format=json"
+
+
+# --- PriorityClasses -------------------------------------------------------------------------------
+
+
+def test_priority_classes_are_created_on_request():
+    assert not of_kind(render(), "PriorityClass")
+    objects = render("priorityClasses.create=true")
+    classes = {item["metadata"]["name"]: item for item in of_kind(objects, "PriorityClass")}
+    assert sorted(classes) == sorted(f"taskyard-{priority}" for priority in PRIORITIES)
+    values = [classes[f"taskyard-{priority}"]["value"] for priority in PRIORITIES]
+    assert values == sorted(values, reverse=True) and len(set(values)) == 4
+    for item in classes.values():
+        assert item["globalDefault"] is False
+        assert item["preemptionPolicy"] == "Never"
+    preempting = render(
+        "priorityClasses.create=true", "priorityClasses.preemptionPolicy=PreemptLowerPriority"
+    )
+    assert {item["preemptionPolicy"] for item in of_kind(preempting, "PriorityClass")} == {
+        "PreemptLowerPriority"
+    }
+
+
+# --- ClusterAgent presets -----------------------------------------------------------------------------
+
+
+def test_only_the_shell_preset_is_enabled_by_default():
+    agents = of_kind(render(), "ClusterAgent")
+    assert [agent["metadata"]["name"] for agent in agents] == ["shell"]
+    spec = agents[0]["spec"]
+    assert spec["image"] == "docker.io/library/busybox:1.36"
+    assert spec["command"] == ["sh", "/etc/taskyard/prompt"]
+
+
+def test_presets_are_valid_agents_that_reference_their_keys():
+    agents = {
+        agent["metadata"]["name"]: agent["spec"]
+        for agent in of_kind(render(*(f"agents.{name}.enabled=true" for name in PRESETS)), "ClusterAgent")
+    }
+    assert sorted(agents) == sorted(PRESETS)
+    for spec in agents.values():
+        parse_agent_spec(spec)  # what the operator does at admission
+    expected_keys = {
+        "claude-code": ("ANTHROPIC_API_KEY", "taskyard-anthropic"),
+        "gemini-cli": ("GEMINI_API_KEY", "taskyard-gemini"),
+        "codex": ("OPENAI_API_KEY", "taskyard-openai"),
+        "aider": ("ANTHROPIC_API_KEY", "taskyard-anthropic"),
+    }
+    for name, (variable, secret) in expected_keys.items():
+        env = {item["name"]: item for item in agents[name]["env"]}
+        assert env[variable] == {
+            "name": variable,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": "api-key"}},
+        }
+        assert env["HOME"] == {"name": "HOME", "value": "/tmp"}
+    script = agents["claude-code"]["command"][-1]
+    assert 'claude -p "$(cat /etc/taskyard/prompt)"' in script
+    assert "--dangerously-skip-permissions" in script
+    assert "codex exec" in agents["codex"]["command"][-1]
+    # Nothing secret is inlined anywhere in a preset.
+    assert "env" not in agents["shell"]
+
+
+def test_preset_settings_pass_through():
+    objects = render(
+        "agents.shell.maxConcurrent=3",
+        "agents.shell.retries=2",
+        "agents.shell.nonRetryableExitCodes={2,3}",
+        "agents.shell.securityContext.runAsUser=1000",
+        "agents.shell.env[0].name=HOME",
+        "agents.shell.env[0].value=/workspace",
+        "agents.claude-code.enabled=true",
+        "agents.claude-code.env[0].name=HOME",
+        "agents.claude-code.env[0].value=/home/agent",
+        "agents.claude-code.apiKey.secretName=my-key",
+    )
+    agents = {agent["metadata"]["name"]: agent["spec"] for agent in of_kind(objects, "ClusterAgent")}
+    shell = parse_agent_spec(agents["shell"])
+    assert (shell.max_concurrent, shell.retries, shell.non_retryable_exit_codes) == (3, 2, [2, 3])
+    assert shell.security_context is not None and shell.security_context.run_as_user == 1000
+    claude_env = agents["claude-code"]["env"]
+    assert [item["value"] for item in claude_env if item["name"] == "HOME"] == ["/home/agent"]
+    key = next(item for item in claude_env if item["name"] == "ANTHROPIC_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["name"] == "my-key"
