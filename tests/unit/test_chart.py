@@ -471,3 +471,21 @@ def test_preset_settings_pass_through():
     assert [item["value"] for item in claude_env if item["name"] == "HOME"] == ["/home/agent"]
     key = next(item for item in claude_env if item["name"] == "ANTHROPIC_API_KEY")
     assert key["valueFrom"]["secretKeyRef"]["name"] == "my-key"
+
+
+def test_metrics_endpoint_service_and_optional_service_monitor():
+    objects = render()
+    container = operator_container(objects)
+    assert env_of(container)["TASKYARD_METRICS_PORT"] == "8000"
+    assert {"name": "metrics", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
+    [service] = of_kind(objects, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert service["spec"]["selector"] == deployment(objects)["spec"]["selector"]["matchLabels"]
+    assert of_kind(objects, "ServiceMonitor") == []
+
+    [monitor] = of_kind(render("metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+    disabled = render("metrics.enabled=false")
+    assert env_of(operator_container(disabled))["TASKYARD_METRICS_PORT"] == "0"
+    assert of_kind(disabled, "Service") == []
