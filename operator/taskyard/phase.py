@@ -235,6 +235,13 @@ def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
     if job is not None or seen.job_requested:
         if pod is not None and pod.running:
             return RUNNING, "Running", f"the agent is running in pod {pod.name}"
+        if pod is not None and pod.terminated:
+            # Between the container's exit and the Job's verdict (complete, or retry).
+            return (
+                RUNNING,
+                "AttemptEnded",
+                f"the agent exited with code {pod.exit_code}; the Job decides what next",
+            )
         if pod is not None and pod.waiting_reason and pod.waiting_reason != "ContainerCreating":
             return (
                 RUNNING,

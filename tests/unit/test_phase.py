@@ -989,3 +989,20 @@ def test_byte_cap_never_splits_a_multi_byte_character(cap):
 def test_single_line_of_multi_byte_characters_is_cut_at_a_character():
     assert tail_lines("é" * 10, max_bytes=5) == "éé"
     assert tail_lines("🚀" * 4, max_bytes=7) == "🚀"
+
+
+def test_attempt_that_ended_before_the_job_decided_stays_running_with_its_exit_code():
+    job = JobView(name="t", uid="job-uid", owner_uid="task-uid", active=1)
+    pod = PodView(
+        name="t-abc", created="2026-01-01T00:00:01Z", job_uid="job-uid", phase="Failed", exit_code=1
+    )
+
+    status = derive_status(
+        {"metadata": {"name": "t", "generation": 1}, "spec": {}, "status": {"phase": "Running"}},
+        Observation(job=job, pod=pod),
+        "2026-01-01T00:00:09Z",
+    )
+
+    assert (status["phase"], status["reason"]) == ("Running", "AttemptEnded")
+    assert "exited with code 1" in status["message"]
+    assert status["exitCode"] == 1
