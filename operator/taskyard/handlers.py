@@ -10,7 +10,9 @@ reference, so a delete completes even while the operator is down.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -32,7 +34,16 @@ OWNED = {LABEL_TASK: kopf.PRESENT}
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # Pinned: by default kopf tries every client library it finds installed, in no fixed order.
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    in_cluster = kopf.login_with_service_account(**kwargs)
+    if in_cluster is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    # Reach the API server the way client-go does, by the service address the kubelet puts in the
+    # environment rather than the kubernetes.default.svc name, which needs cluster DNS.
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if host and port:
+        host = f"[{host}]" if ":" in host else host
+        return dataclasses.replace(in_cluster, server=f"https://{host}:{port}")
+    return in_cluster
 
 
 @kopf.on.startup()

@@ -1,0 +1,87 @@
+"""The e2e tier: the Helm chart installed into the cluster, with the locally built operator image.
+
+One release serves the whole tier (package scope) and is uninstalled at its end, before anything
+else could watch the same Tasks. The operator runs in its pod, with in-cluster configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster
+
+OPERATOR_IMAGE = os.environ.get("TASKYARD_OPERATOR_IMAGE", "localhost/taskyard/operator:dev")
+CHART = REPO_ROOT / "helm" / "taskyard"
+
+
+def helm_binary() -> str:
+    version = os.environ.get("HELM_VERSION", "v3.19.0")
+    cache = Path(os.environ.get("TASKYARD_CACHE", Path.home() / ".cache" / "taskyard"))
+    built = cache / f"helm-{version}" / "bin" / "helm"
+    return str(built) if built.exists() else "helm"
+
+
+@dataclass(frozen=True)
+class Release:
+    """An installed taskyard release."""
+
+    cluster: Cluster
+    name: str
+    namespace: str
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [helm_binary(), f"--kubeconfig={self.cluster.kubeconfig}", "--namespace", self.namespace, *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
+        )
+
+    def image_values(self) -> list[str]:
+        repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
+        return [
+            "--set", f"image.repository={repository}",
+            "--set", f"image.tag={tag}",
+            "--set", "image.pullPolicy=IfNotPresent",
+            "--set", f"agents.shell.image={SHELL_IMAGE}",
+        ]  # fmt: skip
+
+    def wait_ready(self) -> None:
+        self.cluster.kubectl(
+            "-n",
+            self.namespace,
+            "rollout",
+            "status",
+            f"deployment/{self.name}",
+            "--timeout=180s",
+            timeout=200,
+        )
+
+
+@pytest.fixture(scope="package")
+def operator_image(cluster: Cluster) -> str:
+    """The operator image, built from operator/Dockerfile and loaded into the local cluster."""
+    if "TASKYARD_OPERATOR_IMAGE" not in os.environ:
+        subprocess.run([str(REPO_ROOT / "hack" / "images.sh"), "operator"], check=True)
+    return OPERATOR_IMAGE
+
+
+@pytest.fixture(scope="package")
+def release(cluster: Cluster, operator_image: str) -> Iterator[Release]:
+    """`helm install` of the chart with default values, except for the locally built images."""
+    installed = Release(cluster, "taskyard", f"taskyard-e2e-{uuid.uuid4().hex[:6]}")
+    installed.helm("install", installed.name, str(CHART), "--create-namespace", *installed.image_values())
+    try:
+        installed.wait_ready()
+        yield installed
+    finally:
+        installed.helm("uninstall", installed.name, "--wait", check=False)
+        cluster.kubectl("delete", "namespace", installed.namespace, "--wait=false", check=False)

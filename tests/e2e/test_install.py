@@ -1,0 +1,100 @@
+"""taskyard as users install it: `helm install`, then Tasks applied with kubectl and GitOps-style."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster
+from tests.e2e.conftest import CHART, Release
+from tests.integration.conftest import Kube
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def kube(cluster: Cluster, namespace: str, release: Release) -> Kube:
+    return Kube(cluster, namespace)
+
+
+def hello_task() -> dict:
+    """The Task of examples/hello.yaml (its ClusterAgent comes with the chart)."""
+    documents = yaml.safe_load_all((REPO_ROOT / "examples" / "hello.yaml").read_text())
+    return next(doc for doc in documents if doc["kind"] == "Task")
+
+
+def test_operator_pod_is_ready_and_runs_the_hello_task(kube: Kube, release: Release) -> None:
+    pods = kube.cluster.kubectl(
+        "-n", release.namespace, "get", "pods", "-l", "app.kubernetes.io/name=taskyard", "-o", "json"
+    )
+    [pod] = json.loads(pods.stdout)["items"]
+    assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+
+    kube.cluster.kubectl("-n", kube.namespace, "apply", "-f", "-", input=json.dumps(hello_task()))
+
+    task = kube.wait_for_phase("hello", "Succeeded", timeout=180)
+    assert "hello from task hello" in task["status"]["logTail"]
+    logs = kube.cluster.kubectl("-n", kube.namespace, "logs", "job/hello").stdout
+    assert logs.startswith(f"hello from task hello ({task['metadata']['uid']})")
+
+
+def test_a_gitops_directory_of_tasks_all_finish(kube: Kube, tmp_path: Path) -> None:
+    # The directory as a GitOps tool would apply it, with the agent image switched to the local one.
+    directory = tmp_path / "gitops"
+    shutil.copytree(REPO_ROOT / "examples" / "gitops", directory)
+    for manifest in directory.glob("*.yaml"):
+        manifest.write_text(manifest.read_text().replace("docker.io/library/busybox:1.36", SHELL_IMAGE))
+
+    kube.cluster.kubectl("-n", kube.namespace, "apply", "-k", str(directory))
+
+    tasks = json.loads(kube.cluster.kubectl("-n", kube.namespace, "get", "tasks", "-o", "json").stdout)[
+        "items"
+    ]
+    assert len(tasks) >= 2
+    for task in tasks:
+        kube.wait_for_phase(task["metadata"]["name"], "Succeeded", timeout=180)
+
+
+def test_deleting_a_running_task_cancels_its_work(kube: Kube) -> None:
+    kube.create("Task", "doomed", {"agent": "shell", "prompt": "echo working; sleep 300"})
+    kube.wait_for(
+        "the agent pod to run", lambda: any(p.status.phase == "Running" for p in kube.pods("doomed"))
+    )
+
+    kube.delete_task("doomed")
+
+    kube.wait_for("the Task to be gone", lambda: not kube.task_exists("doomed"), timeout=10)
+    kube.wait_for("the Job to be gone", lambda: not kube.jobs("doomed"), timeout=60)
+    kube.wait_for("the pod to be gone", lambda: not kube.pods("doomed"), timeout=60)
+
+
+def test_helm_upgrade_with_new_values_keeps_running_tasks(kube: Kube, release: Release) -> None:
+    kube.create("Task", "long", {"agent": "shell", "prompt": "echo before; sleep 20; echo after"})
+    kube.wait_for_phase("long", "Running")
+
+    release.helm("upgrade", release.name, str(CHART), "--set", "concurrency.total=5", *release.image_values())
+    release.wait_ready()
+
+    task = kube.wait_for_phase("long", "Succeeded", timeout=120)
+    assert task["status"]["logTail"] == "before\nafter"
+    assert len(kube.jobs("long")) == 1
+
+
+def test_helm_uninstall_leaves_no_task_stuck(kube: Kube, release: Release) -> None:
+    # Runs last: it uninstalls the tier's release (its fixture's own uninstall then finds nothing).
+    kube.create("Task", "outlived", {"agent": "shell", "prompt": "echo started; sleep 300"})
+    kube.wait_for_phase("outlived", "Running", timeout=120)
+
+    release.helm("uninstall", release.name, "--wait")
+
+    # The work outlives the operator (the Job belongs to the Task), and the Task can still be
+    # deleted at once, with its Job, because the operator puts no finalizer on it.
+    assert kube.task("outlived")["status"]["phase"] == "Running"
+    assert len(kube.jobs("outlived")) == 1
+    kube.delete_task("outlived")
+    kube.wait_for("the Task to be gone", lambda: not kube.task_exists("outlived"), timeout=10)
+    kube.wait_for("the Job to be gone", lambda: not kube.jobs("outlived"), timeout=60)
