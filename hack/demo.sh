@@ -22,15 +22,29 @@ kubectl wait --for=condition=Established crd/tasks.taskyard.dev --timeout=60s >/
 kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl -n "$namespace" delete task hello --ignore-not-found >/dev/null
 
-log "starting the operator (logs: $CLUSTER_DIR/demo-operator.log)"
-mkdir -p "$CLUSTER_DIR"
-"$VENV/bin/python" -m taskyard --namespace "$namespace" >"$CLUSTER_DIR/demo-operator.log" 2>&1 &
-operator_pid=$!
-trap 'kill "$operator_pid" 2>/dev/null || true' EXIT
+# An operator already installed in the cluster (Helm or manifests/) runs the demo; otherwise one is
+# started here for its duration. Two operators must never watch the same Tasks.
+if [[ -n "$(kubectl get deployments -A -l app.kubernetes.io/name=taskyard -o name 2>/dev/null)" ]]; then
+  log "using the taskyard operator installed in the cluster"
+else
+  log "starting the operator (logs: $CLUSTER_DIR/demo-operator.log)"
+  mkdir -p "$CLUSTER_DIR"
+  TASKYARD_METRICS_PORT=0 "$VENV/bin/python" -m taskyard --namespace "$namespace" \
+    >"$CLUSTER_DIR/demo-operator.log" 2>&1 &
+  operator_pid=$!
+  trap 'kill "$operator_pid" 2>/dev/null || true' EXIT
+fi
 
 manifest=$(cat "$REPO_ROOT/examples/hello.yaml")
 if [[ -n "$shell_image" ]]; then
   manifest=${manifest//docker.io\/library\/busybox:1.36/$shell_image}
+fi
+if kubectl get clusteragent shell >/dev/null 2>&1; then
+  # Keep the cluster's own shell agent (e.g. the chart's preset): apply only the Task.
+  manifest=$("$VENV/bin/python" -c '
+import sys, yaml
+tasks = [doc for doc in yaml.safe_load_all(sys.stdin) if doc and doc["kind"] == "Task"]
+yaml.safe_dump_all(tasks, sys.stdout)' <<<"$manifest")
 fi
 kubectl -n "$namespace" apply -f - <<<"$manifest"
 log "waiting for task/hello to succeed"

@@ -92,6 +92,11 @@ build_operator() {
   find "$context" -name __pycache__ -prune -exec rm -rf {} +
   # Wheels are fetched here, where the package index is reachable as configured for this host, so
   # the image build itself needs no network. The base's Python is 3.11, like the one used here.
+  # Compiled wheels must match the base's Python (Debian bookworm: 3.11).
+  local host_python
+  host_python=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  [[ "$host_python" == 3.11 ]] || die "the operator image is built from wheels collected with this host's python3, \
+which is $host_python; the image's base has Python 3.11: put a python3.11 first on PATH"
   log "collecting wheels for the operator image"
   python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$context/wheels" "$context" "setuptools>=68" >/dev/null
   rm -f "$context"/wheels/taskyard-*.whl

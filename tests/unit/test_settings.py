@@ -118,3 +118,16 @@ def test_from_env_reads_the_process_environment_by_default(monkeypatch):
     loaded = OperatorSettings.from_env()
     assert loaded.max_concurrent == 7
     assert loaded.max_concurrent_per_namespace is None
+
+
+def test_metrics_port_defaults_to_8000_and_zero_turns_it_off():
+    assert settings().metrics_port == 8000
+    assert settings(TASKYARD_METRICS_PORT="9102").metrics_port == 9102
+    assert settings(TASKYARD_METRICS_PORT="0").metrics_port == 0
+
+
+@pytest.mark.parametrize("raw", ["http", "-1", "65536", "80.5"])
+def test_bad_metrics_port_is_reported_with_the_variable_and_what_it_accepts(raw):
+    expected = f"TASKYARD_METRICS_PORT={raw!r}: expected a TCP port from 1 to 65535, or 0 to turn it off"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        settings(TASKYARD_METRICS_PORT=raw)
