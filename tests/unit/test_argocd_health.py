@@ -9,13 +9,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import lupa
 import pytest
 
 from taskyard.phase import JobView, Observation, PodView, derive_status
 
 pytestmark = pytest.mark.unit
-
-lupa = pytest.importorskip("lupa")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "docs" / "argocd" / "task-health.lua"

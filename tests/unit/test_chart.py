@@ -47,7 +47,7 @@ def _helm() -> str:
         return str(built)
     on_path = shutil.which("helm")
     if on_path is None:
-        pytest.skip(f"no helm binary: neither {built} nor helm on PATH (hack/build-tools.sh builds it)")
+        pytest.fail(f"no helm binary: neither {built} nor helm on PATH (hack/build-tools.sh builds it)")
     return on_path
 
 
