@@ -2,16 +2,18 @@
 
 Everything that touches the API server lives here; everything that decides lives in the pure modules
 (:mod:`taskyard.phase`, :mod:`taskyard.queue`, :mod:`taskyard.render`). The kopf handlers in
-:mod:`taskyard.handlers` only build a :class:`ClusterView` from kopf's indexes and call in.
-
-One asyncio lock serialises admission and status writes, so two Tasks never both see the last free
-slot and a status is never written from a view older than one already written.
+:mod:`taskyard.handlers` only mark Tasks dirty; one worker (:meth:`Controller.run`) does the work in
+passes: an admission pass (never two at once, so two Tasks never both take the last free slot), then
+the dirty Tasks side by side (each touches only its own objects). A Task is never reconciled twice at
+the same time, and the status it last wrote is remembered until the watch shows it, so a status is
+never written from a view older than one already written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -58,6 +60,7 @@ ANNOTATION_AGENT_REF = "taskyard.dev/agent-ref"
 ANNOTATION_ADMITTED_AT = "taskyard.dev/admitted-at"
 MERGE_PATCH = "application/merge-patch+json"
 START_CONCURRENCY = 16  # Tasks started at once in one admission pass
+RECONCILE_CONCURRENCY = 32  # Tasks reconciled at once in one pass
 LOG_TAIL_LINES = 50
 LOG_TAIL_BYTES = 8192
 LOG_KEEP_LINES = 20000  # read per attempt; the log store keeps the last 256 KiB of it
@@ -142,14 +145,15 @@ class Controller:
 
     api: client.ApiClient
     settings: OperatorSettings
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    dirty: set[TaskKey | None] = field(default_factory=set)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task[None] | None = None
     # Jobs created whose watch event has not arrived yet: key -> (namespace, agent ref, job name).
     requested: dict[TaskKey, tuple[str, str, str]] = field(default_factory=dict)
     # Status as last written, until the watch delivers that write: the operator is the only writer of
     # status, so this is never older than what the index shows, and it keeps stale events from
     # writing (and announcing) the same transition twice.
     written: dict[TaskKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    retries: dict[TaskKey | None, asyncio.Task[None]] = field(default_factory=dict)
     failures: dict[TaskKey | None, int] = field(default_factory=dict)
     # The pod whose output is in status.logTail; after a restart it is read once more, which is harmless.
     logs_collected_from: dict[TaskKey, str] = field(default_factory=dict)
@@ -181,40 +185,67 @@ class Controller:
             return task
         return {**task, "status": status}
 
-    async def handle(self, key: TaskKey | None, view: ClusterView, admit_first: bool = False) -> None:
-        """Reconciles one Task and runs admission; on an API error, tries again later.
-
-        kopf does not retry event handlers, and a level-triggered operator must not lose a change
-        because one request failed, so failures schedule their own retry with a growing delay.
-        """
+    def enqueue(self, view: ClusterView, *keys: TaskKey | None) -> None:
+        """Marks Tasks for reconciliation (None: only an admission pass) and wakes the worker."""
         self.view = view
-        async with self.lock:
-            try:
-                if admit_first:
-                    await self.admit(view)
-                if key is not None:
-                    await self.reconcile(key, view)
-                if not admit_first:
-                    await self.admit(view)
-                self.failures.pop(key, None)
-            except (TimeoutError, ApiException, aiohttp.ClientError, OSError) as error:
-                logger.warning("reconciling %s failed (%s); retrying", key, error)
-                metrics.RECONCILE_ERRORS.inc()
-                self._retry(key, view)
+        self.dirty.update(keys)
+        self.wakeup.set()
+        if self.worker is None:
+            # Started from the first handler, not at start-up: a task inherits the context it is
+            # created in, and kopf sets up event posting (kopf.event) for handlers only.
+            self.worker = asyncio.get_running_loop().create_task(self.run())
 
-    def _retry(self, key: TaskKey | None, view: ClusterView) -> None:
-        if key in self.retries:
+    async def stop(self) -> None:
+        """Stops the worker (at operator shutdown)."""
+        if self.worker is not None:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
+
+    async def run(self) -> None:
+        """The single worker. Events only mark Tasks dirty; each pass takes every dirty Task at once,
+        runs one admission pass, then reconciles them side by side. A burst of events thus costs a few
+        passes rather than one locked round trip each, and admission is never run twice at a time, so
+        two Tasks can never both take the last free slot."""
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            keys, self.dirty = self.dirty, set()
+            await self._pass({key for key in keys if key is not None})
+
+    async def _pass(self, keys: set[TaskKey]) -> None:
+        view = self.view
+        if view is None:
             return
+        try:
+            await self.admit(view)  # first, so a Task that can start at once is never shown as Queued
+            self.failures.pop(None, None)
+        except Exception as error:
+            self._retry_later(None, error)
+        gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+
+        async def reconcile(key: TaskKey) -> None:
+            async with gate:
+                try:
+                    await self.reconcile(key, view)
+                    self.failures.pop(key, None)
+                except Exception as error:
+                    self._retry_later(key, error)
+
+        await asyncio.gather(*(reconcile(key) for key in keys))
+
+    def _retry_later(self, key: TaskKey | None, error: Exception) -> None:
+        # kopf does not retry event handlers, and a level-triggered operator must not lose a change
+        # because one request failed: the Task is marked dirty again after a growing delay.
         failures = self.failures.get(key, 0) + 1
         self.failures[key] = failures
         delay = min(2.0 * 2 ** (failures - 1), 60.0)
-
-        async def again() -> None:
-            await asyncio.sleep(delay)
-            self.retries.pop(key, None)
-            await self.handle(key, view)
-
-        self.retries[key] = asyncio.get_running_loop().create_task(again())
+        if isinstance(error, (TimeoutError, ApiException, aiohttp.ClientError, OSError)):
+            logger.warning("reconciling %s failed (%s); retrying in %.0fs", key or "admission", error, delay)
+        else:
+            logger.exception("reconciling %s failed; retrying in %.0fs", key or "admission", delay)
+        metrics.RECONCILE_ERRORS.inc()
+        asyncio.get_running_loop().call_later(delay, lambda: self.enqueue(self.view, key))
 
     # --- admission ---------------------------------------------------------------------------------
 
@@ -480,6 +511,10 @@ class Controller:
         if await _create_ignoring_conflict(core.create_namespaced_config_map(meta["namespace"], body)):
             return
         existing = await core.read_namespaced_config_map(name, meta["namespace"])
+        if not any(owner.uid == meta["uid"] for owner in existing.metadata.owner_references or []):
+            # Left by a deleted Task of the same name and about to be collected: replace it.
+            await core.replace_namespaced_config_map(name, meta["namespace"], body)
+            return
         binary = dict(existing.binary_data or {})
         binary[log_key(attempt)] = base64.b64encode(packed).decode()
         sizes = {int(k.split("-")[1].split(".")[0]): len(v) * 3 // 4 for k, v in binary.items()}

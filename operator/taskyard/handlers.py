@@ -70,6 +70,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    await memo.controller.stop()
     if memo.metrics is not None:
         await memo.metrics.cleanup()
     await memo.controller.api.close()
@@ -193,32 +194,30 @@ async def task_changed(type: str, namespace: str, name: str, memo: kopf.Memo, **
     key = _key(namespace, name)
     if type == "DELETED":
         controller.forget(key)
-        await controller.handle(None, _view(kwargs))
+        controller.enqueue(_view(kwargs), None)  # its slot or place in the queue is free
     else:
-        # Admission first, so a Task that can start at once is never shown as Queued.
-        await controller.handle(key, _view(kwargs), admit_first=True)
+        controller.enqueue(_view(kwargs), key)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
 async def job_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     metrics.EVENTS_HANDLED.labels(resource="jobs").inc()
-    await memo.controller.handle((namespace, labels[LABEL_TASK]), _view(kwargs))
+    memo.controller.enqueue(_view(kwargs), (namespace, labels[LABEL_TASK]))
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
 async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
     metrics.EVENTS_HANDLED.labels(resource="pods").inc()
-    await memo.controller.handle((namespace, labels[LABEL_TASK]), _view(kwargs))
+    memo.controller.enqueue(_view(kwargs), (namespace, labels[LABEL_TASK]))
 
 
 @kopf.on.event(*AGENTS)
 @kopf.on.event(*CLUSTER_AGENTS)
 async def agent_changed(name: str, resource: kopf.Resource, memo: kopf.Memo, **kwargs: Any) -> None:
-    metrics.EVENTS_HANDLED.labels(resource=resource.plural).inc()
     # Tasks waiting for this agent (GitOps applies in any order) re-derive their phase and may start.
-    controller: Controller = memo.controller
+    metrics.EVENTS_HANDLED.labels(resource=resource.plural).inc()
     view = _view(kwargs)
-    await controller.handle(None, view)  # admission first: a Task that can start now is not shown Queued
-    for key, tasks in list(view.waiting.items()):
-        if any(task["spec"].get("agent") == name for task in tasks):
-            await controller.handle(key, view)
+    waiting = [
+        key for key, tasks in view.waiting.items() if any(t["spec"].get("agent") == name for t in tasks)
+    ]
+    memo.controller.enqueue(view, None, *waiting)

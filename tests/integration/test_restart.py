@@ -43,3 +43,22 @@ def test_tasks_created_while_the_operator_is_down_start_when_it_returns(
     for name in ("while-down-1", "while-down-2"):
         assert kube.wait_for_phase(name, "Succeeded")["status"]["logTail"] == name
         assert len(kube.jobs(name)) == 1
+
+
+def test_a_task_recreated_under_the_same_name_runs_again_with_its_own_job_and_logs(
+    kube: Kube, shell_agent: str, start_operator
+) -> None:
+    start_operator()
+    kube.create("Task", "again", {"agent": shell_agent, "prompt": "echo first"})
+    kube.wait_for_phase("again", "Succeeded")
+
+    kube.delete_task("again")
+    kube.wait_for("the Task to be gone", lambda: not kube.task_exists("again"), timeout=10)
+    recreated = kube.create("Task", "again", {"agent": shell_agent, "prompt": "echo second"})
+
+    task = kube.wait_for_phase("again", "Succeeded", timeout=120)
+    assert task["status"]["logTail"] == "second"
+    [job] = kube.jobs("again")
+    assert job.metadata.owner_references[0].uid == recreated["metadata"]["uid"]
+    kept = kube.core.read_namespaced_config_map("again-logs", kube.namespace)
+    assert kept.metadata.owner_references[0].uid == recreated["metadata"]["uid"]
