@@ -224,7 +224,8 @@ start_controllers() {
     --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials \
     --service-account-private-key-file "$PKI/service-account.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR" --v=1
+    --service-cluster-ip-range "$SERVICE_CIDR" --v=1 \
+    --kube-api-qps=100 --kube-api-burst=200  # the default 20/s makes deleting a busy namespace crawl
   start kube-scheduler kube-scheduler \
     --kubeconfig "$CONF/scheduler.kubeconfig" \
     --authentication-kubeconfig "$CONF/scheduler.kubeconfig" \

@@ -163,7 +163,9 @@ class Controller:
         """Every Task in the operator's cache (for metrics)."""
         if self.view is None:
             return []
-        return [task for tasks in list(self.view.tasks.values()) for task in tasks]
+        # With the status last written where the watch has not caught up yet.
+        current = (self.current_task(key, self.view) for key in list(self.view.tasks.keys()))
+        return [task for task in current if task is not None]
 
     def forget(self, key: TaskKey) -> None:
         """Drops what is remembered of a deleted Task."""
