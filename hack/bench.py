@@ -500,7 +500,7 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
             lines.append(f"  burst N={n}: operator/floor {before} -> {ratio}")
     for now in current.get("scale", []):
         before = next((s for s in previous.get("scale", []) if s["n"] == now["n"]), None)
-        if before:
+        if before and before.get("catch_up_seconds") is not None and "rss_mib" in before:
             lines.append(
                 f"  scale N={now['n']}: catch-up {before['catch_up_seconds']}s"
                 f" -> {now['catch_up_seconds']}s, RSS {before['rss_mib']} -> {now['rss_mib']} MiB"
