@@ -395,63 +395,38 @@ class TaskSpec(_Model):
         return self
 
 
+def _non_root_id(field: str, what: str) -> Any:
+    """An optional user or group ID that may not be root, checked by the API server and here alike."""
+    return (
+        Annotated[
+            int,
+            Field(
+                ge=1,
+                json_schema_extra={
+                    "x-kubernetes-validations": [
+                        {
+                            "rule": "self >= 1",
+                            "message": f"{field} must be 1 or more: agents never run as root",
+                        }
+                    ]
+                },
+            ),
+            _non_root(what),
+        ]
+        | None
+    )
+
+
 class AgentSecurityContext(_Model):
     """User and group IDs of the agent's Pod. Agents always run as non-root."""
 
-    run_as_user: (
-        Annotated[
-            int,
-            Field(
-                ge=1,
-                json_schema_extra={
-                    "x-kubernetes-validations": [
-                        {
-                            "rule": "self >= 1",
-                            "message": "runAsUser must be 1 or more: agents never run as root",
-                        }
-                    ]
-                },
-            ),
-            _non_root("UID"),
-        ]
-        | None
-    ) = Field(None, description=f"UID of the agent's processes; {NON_ROOT_DEFAULT_ID} when unset.")
-    run_as_group: (
-        Annotated[
-            int,
-            Field(
-                ge=1,
-                json_schema_extra={
-                    "x-kubernetes-validations": [
-                        {
-                            "rule": "self >= 1",
-                            "message": "runAsGroup must be 1 or more: agents never run as root",
-                        }
-                    ]
-                },
-            ),
-            _non_root("GID"),
-        ]
-        | None
-    ) = Field(None, description=f"GID of the agent's processes; {NON_ROOT_DEFAULT_ID} when unset.")
-    fs_group: (
-        Annotated[
-            int,
-            Field(
-                ge=1,
-                json_schema_extra={
-                    "x-kubernetes-validations": [
-                        {
-                            "rule": "self >= 1",
-                            "message": "fsGroup must be 1 or more: agents never run as root",
-                        }
-                    ]
-                },
-            ),
-            _non_root("GID"),
-        ]
-        | None
-    ) = Field(
+    run_as_user: _non_root_id("runAsUser", "UID") = Field(
+        None, description=f"UID of the agent's processes; {NON_ROOT_DEFAULT_ID} when unset."
+    )
+    run_as_group: _non_root_id("runAsGroup", "GID") = Field(
+        None, description=f"GID of the agent's processes; {NON_ROOT_DEFAULT_ID} when unset."
+    )
+    fs_group: _non_root_id("fsGroup", "GID") = Field(
         None,
         description=f"Group that owns the volumes, /workspace included; {NON_ROOT_DEFAULT_ID} when unset.",
     )

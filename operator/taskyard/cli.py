@@ -481,15 +481,7 @@ class Kube:
         return sorted_pods(_read_json(response).get("items") or [])
 
     def pod(self, name: str) -> dict[str, Any] | None:
-        try:
-            response = self.core.read_namespaced_pod(
-                name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return _read_json(response)
+        return self._read_or_none(self.core.read_namespaced_pod, name)
 
     def pod_log(self, pod: str, follow: bool) -> Any:
         """The agent container's log as a streaming response; the caller reads and releases it."""
@@ -503,10 +495,12 @@ class Kube:
         )
 
     def config_map(self, name: str) -> dict[str, Any] | None:
+        return self._read_or_none(self.core.read_namespaced_config_map, name)
+
+    def _read_or_none(self, read: Any, name: str) -> dict[str, Any] | None:
+        """One object of this namespace as plain JSON, or None when it does not exist."""
         try:
-            response = self.core.read_namespaced_config_map(
-                name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
+            response = read(name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
             if error.status == 404:
                 return None
