@@ -45,6 +45,7 @@ from taskyard.queue import Limits, QueueEntry, select_admissions
 from taskyard.render import (
     TaskRef,
     label_value_for,
+    owner_reference,
     render_job,
     render_workspace_claim,
     workspace_claim_name,
@@ -505,7 +506,7 @@ class Controller:
                     LABEL_TASK: label_value_for(meta["name"]),
                     "app.kubernetes.io/managed-by": "taskyard",
                 },
-                "ownerReferences": [_owner_reference(task)],
+                "ownerReferences": [owner_reference(meta["name"], meta["uid"])],
             },
             "binaryData": {log_key(attempt): base64.b64encode(packed).decode()},
             "data": {pod_key(attempt): pod_name},
@@ -597,18 +598,6 @@ def _count_finished(agent: str, status: dict[str, Any]) -> None:
     if status.get("startTime") and status.get("completionTime"):
         seconds = _epoch(status["completionTime"]) - _epoch(status["startTime"])
         metrics.TASK_DURATION.labels(agent=agent).observe(max(seconds, 0))
-
-
-def _owner_reference(task: dict[str, Any]) -> dict[str, Any]:
-    meta = task["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Task",
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _ref(task: dict[str, Any]) -> dict[str, Any]:

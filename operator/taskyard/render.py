@@ -81,17 +81,20 @@ def _labels(task: TaskRef, agent_name: str) -> dict[str, str]:
     }
 
 
+def owner_reference(task_name: str, task_uid: str) -> dict[str, Any]:
+    """The controller reference that ties an object to its Task, so it is deleted with the Task."""
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "Task",
+        "name": task_name,
+        "uid": task_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
 def _owner_references(task: TaskRef) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": api.API_VERSION,
-            "kind": "Task",
-            "name": task.name,
-            "uid": task.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-    ]
+    return [owner_reference(task.name, task.uid)]
 
 
 def _uses_claim(spec: TaskSpec) -> bool:
