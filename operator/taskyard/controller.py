@@ -1,12 +1,17 @@
-"""The operator's moves: read the cached view of the cluster, call the pure core, write the result.
+"""The control loop: informers fill the cache, one admission loop decides, N workers act per Task.
 
 Everything that touches the API server lives here; everything that decides lives in the pure modules
-(:mod:`taskyard.phase`, :mod:`taskyard.queue`, :mod:`taskyard.render`). The kopf handlers in
-:mod:`taskyard.handlers` only mark Tasks dirty; one worker (:meth:`Controller.run`) does the work in
-passes: an admission pass (never two at once, so two Tasks never both take the last free slot), then
-the dirty Tasks side by side (each touches only its own objects). A Task is never reconciled twice at
-the same time, and the status it last wrote is remembered until the watch shows it, so a status is
-never written from a view older than one already written.
+(:mod:`taskyard.phase`, :mod:`taskyard.queue`, :mod:`taskyard.render`, :mod:`taskyard.records`).
+The shape follows the Go controllers (docs/architecture.md says why, piece by piece):
+
+- **Informers** (:mod:`taskyard.informer`) list and watch Tasks, Jobs, Pods, Agents, ClusterAgents and
+  PriorityClasses into indexed stores. Nothing is admitted before every informer has a complete list.
+- **The admission loop** is the only place that hands out capacity. It runs without awaiting anything
+  (so two Tasks can never both take the last slot), is woken only when capacity or candidates change,
+  and reads the waiting queue only as far as there is room. It reserves a slot and hands the Task on.
+- **Workers** take Task keys (namespace, name, uid) from a :class:`~taskyard.workqueue.WorkQueue`: a key is
+  never processed twice at once, a failing key backs off on its own, and every reconcile has a deadline,
+  so no Task waits on another's slow call.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +35,13 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from taskyard import metrics
 from taskyard.api import API_VERSION, GROUP, LABEL_TASK, VERSION, SpecError, parse_agent_spec, parse_task_spec
+from taskyard.events import EventRecorder
+from taskyard.informer import Informer, ResourceType, Store
 from taskyard.logstore import attempts_to_keep, log_config_map_name, log_key, pack_log, pod_key
 from taskyard.phase import (
     IMAGE_PULL_FAILURES,
+    MANAGED_FIELDS,
     TERMINAL_PHASES,
-    JobView,
     Observation,
     PodView,
     derive_status,
@@ -41,9 +49,22 @@ from taskyard.phase import (
     status_changes,
     tail_lines,
 )
-from taskyard.queue import Limits, QueueEntry, select_admissions
+from taskyard.podlogs import read_log_tail
+from taskyard.queue import Limits, QueueEntry, WaitingQueue, select_in_order
+from taskyard.records import (
+    ANNOTATION_AGENT_REF,
+    JobRecord,
+    PodRecord,
+    TaskRecord,
+    project_job,
+    project_name,
+    project_pod,
+    project_spec,
+    project_task,
+)
 from taskyard.render import (
     TaskRef,
+    job_name_for,
     label_value_for,
     owner_reference,
     render_job,
@@ -51,28 +72,43 @@ from taskyard.render import (
     workspace_claim_name,
 )
 from taskyard.settings import OperatorSettings
+from taskyard.workqueue import WorkQueue
 
 logger = logging.getLogger("taskyard")
 
-# (namespace, value of the taskyard.dev/task label): how Tasks, their Jobs and their Pods find each other.
-TaskKey = tuple[str, str]
-ANNOTATION_AGENT_REF = "taskyard.dev/agent-ref"
+TaskKey = tuple[str, str, str]  # (namespace, name, uid): a re-created namesake is another key
 # When the operator admitted the Task, to the microsecond (metadata timestamps only have seconds).
 ANNOTATION_ADMITTED_AT = "taskyard.dev/admitted-at"
 MERGE_PATCH = "application/merge-patch+json"
-START_CONCURRENCY = 16  # Tasks started at once in one admission pass
-RECONCILE_CONCURRENCY = 32  # Tasks reconciled at once in one pass
 LOG_TAIL_LINES = 50
 LOG_TAIL_BYTES = 8192
-LOG_KEEP_LINES = 20000  # read per attempt; the log store keeps the last 256 KiB of it
+# A reserved slot whose Job the watch never showed is given back after this long (the Job was deleted
+# before it was seen, or its creation failed in a way that was not reported).
+RESERVATION_TTL = 120.0
+
+TASKS = ResourceType(GROUP, VERSION, "tasks")
+AGENTS = ResourceType(GROUP, VERSION, "agents")
+CLUSTER_AGENTS = ResourceType(GROUP, VERSION, "clusteragents", namespaced=False)
+JOBS = ResourceType("batch", "v1", "jobs", label_selector=LABEL_TASK)
+PODS = ResourceType("", "v1", "pods", label_selector=LABEL_TASK)
+PRIORITY_CLASSES = ResourceType("scheduling.k8s.io", "v1", "priorityclasses", namespaced=False)
 
 
 class InstrumentedApiClient(client.ApiClient):
-    """The API client, counting every request it sends (``taskyard_api_requests_total``)."""
+    """The API client: counts every request (``taskyard_api_requests_total``) and gives every request
+    a timeout unless the call sets its own, so no call can wait for ever."""
+
+    default_timeout: float = 30.0
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         metrics.API_REQUESTS.labels(method=method).inc()
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = self.default_timeout
         return super().request(method, url, *args, **kwargs)
+
+
+class NameConflict(Exception):
+    """An object the Task needs exists under its name, and another owner has it."""
 
 
 @dataclass(frozen=True)
@@ -84,382 +120,622 @@ class ResolvedAgent:
     spec: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class ClusterView:
-    """Read-only lookups over kopf's indexes (each maps a key to the values indexed under it)."""
+@dataclass
+class Reservation:
+    """A slot the admission loop gave a Task whose Job the watch has not shown yet."""
 
-    tasks: Mapping[TaskKey, Iterable[dict[str, Any]]]
-    waiting: Mapping[TaskKey, Iterable[dict[str, Any]]]
-    jobs: Mapping[TaskKey, Iterable[JobView]]
-    active_jobs: Mapping[TaskKey, Iterable[str]]
-    live_pods: Mapping[TaskKey, Iterable[str]]
-    priority_classes: Mapping[str, Iterable[bool]]
-    pods: Mapping[TaskKey, Iterable[PodView]]
-    agents: Mapping[tuple[str, str], Iterable[dict[str, Any]]]
-    cluster_agents: Mapping[str, Iterable[dict[str, Any]]]
-
-    def task(self, key: TaskKey) -> dict[str, Any] | None:
-        return _first(self.tasks.get(key))
-
-    def job(self, key: TaskKey) -> JobView | None:
-        """The Job of the Task now under this key (not one left over from a deleted namesake)."""
-        task = self.task(key)
-        uid = task["metadata"].get("uid") if task else None
-        return next((job for job in self.jobs.get(key) or [] if job.owner_uid == uid), None)
-
-    def job_pods(self, key: TaskKey) -> list[PodView]:
-        """The pods of the Task's Job, oldest first: attempt n ran in the n-th."""
-        job = self.job(key)
-        if job is None:
-            return []
-        return sorted(
-            (p for p in self.pods.get(key) or [] if p.job_uid == job.uid), key=lambda p: (p.created, p.name)
-        )
-
-    def pod(self, key: TaskKey) -> PodView | None:
-        """The newest pod of the Task's Job."""
-        return newest_pod(self.job_pods(key))
-
-    def attempt_of(self, key: TaskKey, pod: PodView) -> int:
-        """The 1-based attempt number of one of the Task's pods."""
-        names = [p.name for p in self.job_pods(key)]
-        return names.index(pod.name) + 1 if pod.name in names else max(len(names), 1)
-
-    def resolve_agent(self, namespace: str, name: str) -> ResolvedAgent | None:
-        """The same-namespace Agent of that name, else the ClusterAgent, else None."""
-        spec = _first(self.agents.get((namespace, name)))
-        if spec is not None:
-            return ResolvedAgent(ref=f"Agent/{namespace}/{name}", name=name, spec=spec)
-        spec = _first(self.cluster_agents.get(name))
-        if spec is not None:
-            return ResolvedAgent(ref=f"ClusterAgent/{name}", name=name, spec=spec)
-        return None
+    namespace: str
+    agent: ResolvedAgent
+    job_name: str
+    at: float  # monotonic
+    created: bool = False
 
 
-def _first(values: Iterable[Any] | None) -> Any:
-    return next(iter(values), None) if values is not None else None
+class _AgentLimits(Mapping[str, int]):
+    """Per-agent limits, looked up only for the agents the admission loop meets."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    def __getitem__(self, ref: str) -> int:
+        limit = self.get(ref)
+        if limit is None:
+            raise KeyError(ref)
+        return limit
+
+    def get(self, ref: str, default: Any = None) -> Any:
+        spec = self._controller.agent_spec(ref)
+        limit = (spec or {}).get("maxConcurrent") or self._controller.settings.max_concurrent_per_agent
+        return limit or default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 @dataclass
 class Controller:
-    """The operator's state: its API client, settings, and Jobs it created that the watch has not shown."""
-
     api: client.ApiClient
     settings: OperatorSettings
-    dirty: set[TaskKey | None] = field(default_factory=set)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task[None] | None = None
-    # Jobs created whose watch event has not arrived yet: key -> (namespace, agent ref, job name).
-    requested: dict[TaskKey, tuple[str, str, str]] = field(default_factory=dict)
-    # Status as last written, until the watch delivers that write: the operator is the only writer of
-    # status, so this is never older than what the index shows, and it keeps stale events from
-    # writing (and announcing) the same transition twice.
-    written: dict[TaskKey, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    failures: dict[TaskKey | None, int] = field(default_factory=dict)
-    # The pod whose output is in status.logTail; after a restart it is read once more, which is harmless.
-    logs_collected_from: dict[TaskKey, str] = field(default_factory=dict)
-    view: ClusterView | None = None  # the latest, for metrics scraped between events
+    namespaces: list[str] | None = None  # None: every namespace
+    tasks: Store[TaskRecord] = field(init=False)
+    jobs: Store[JobRecord] = field(init=False)
+    pods: Store[PodRecord] = field(init=False)
+    agents: Store[dict[str, Any]] = field(init=False)
+    cluster_agents: Store[dict[str, Any]] = field(init=False)
+    priority_classes: Store[bool] = field(init=False)
 
-    def known_tasks(self) -> list[dict[str, Any]]:
-        """Every Task in the operator's cache (for metrics)."""
-        if self.view is None:
-            return []
-        # With the status last written where the watch has not caught up yet.
-        current = (self.current_task(key, self.view) for key in list(self.view.tasks.keys()))
-        return [task for task in current if task is not None]
+    def __post_init__(self) -> None:
+        self.tasks = Store(
+            {
+                "uid": lambda task: [task.uid],
+                "unfinished": lambda task: [] if task.finished else [True],
+                "agent": lambda task: [] if task.finished else [task.agent],
+            }
+        )
+        self.jobs = Store(
+            {
+                "uid": lambda job: [job.view.uid],
+                "owner": lambda job: [job.view.owner_uid],
+                "active": lambda job: [True] if job.holds_slot else [],
+            }
+        )
+        self.pods = Store(
+            {"job": lambda pod: [pod.view.job_uid], "live": lambda pod: [True] if pod.holds_slot else []}
+        )
+        self.agents, self.cluster_agents, self.priority_classes = Store(), Store(), Store()
+        self.queue: WorkQueue[TaskKey] = WorkQueue(
+            base_delay=self.settings.retry_base_seconds, max_delay=self.settings.retry_max_seconds
+        )
+        self.waiting = WaitingQueue()
+        self.reserved: dict[str, Reservation] = {}
+        # Status as last written, until the watch delivers that write: the operator is the only writer
+        # of status, so this is never older than what the cache shows.
+        self.written: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.logs_collected_from: dict[str, str] = {}  # uid -> the pod whose output the status shows
+        self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
+        self.admission_needed = asyncio.Event()
+        self.events = EventRecorder(self.api)
+        self.synced = False
+        self.started_at = self.last_progress = self.last_admission = time.monotonic()
+        self.informers: list[Informer[Any]] = self._informers()
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def forget(self, key: TaskKey) -> None:
-        """Drops what is remembered of a deleted Task."""
-        self.requested.pop(key, None)
-        self.written.pop(key, None)
-        self.logs_collected_from.pop(key, None)
+    # --- wiring ------------------------------------------------------------------------------------
 
-    def current_task(self, key: TaskKey, view: ClusterView) -> dict[str, Any] | None:
-        """The Task from the index, with the status this operator last wrote if the index lags behind."""
-        task = view.task(key)
-        if task is None:
-            return None
-        written = self.written.get(key)
-        if written is None:
-            return task
-        version, status = written
-        if task["metadata"].get("resourceVersion") == version:
-            del self.written[key]
-            return task
-        return {**task, "status": status}
+    def _informers(self) -> list[Informer[Any]]:
+        def make(
+            resource: ResourceType, store: Store[Any], project: Any, on_change: Any
+        ) -> list[Informer[Any]]:
+            scopes: list[str | None] = (
+                list(self.namespaces) if resource.namespaced and self.namespaces else [None]
+            )
+            return [Informer(self.api, resource, store, project, on_change, namespace=ns) for ns in scopes]
 
-    def enqueue(self, view: ClusterView, *keys: TaskKey | None) -> None:
-        """Marks Tasks for reconciliation (None: only an admission pass) and wakes the worker."""
-        self.view = view
-        self.dirty.update(keys)
-        self.wakeup.set()
-        if self.worker is None:
-            # Started from the first handler, not at start-up: a task inherits the context it is
-            # created in, and kopf sets up event posting (kopf.event) for handlers only.
-            self.worker = asyncio.get_running_loop().create_task(self.run())
-
-    async def stop(self) -> None:
-        """Stops the worker (at operator shutdown)."""
-        if self.worker is not None:
-            self.worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.worker
+        return [
+            *make(PRIORITY_CLASSES, self.priority_classes, project_name, _ignore),
+            *make(CLUSTER_AGENTS, self.cluster_agents, project_spec, self._agent_changed),
+            *make(AGENTS, self.agents, project_spec, self._agent_changed),
+            *make(JOBS, self.jobs, project_job, self._job_changed),
+            *make(PODS, self.pods, project_pod, self._pod_changed),
+            *make(TASKS, self.tasks, project_task, self._task_changed),
+        ]
 
     async def run(self) -> None:
-        """The single worker. Events only mark Tasks dirty; each pass takes every dirty Task at once,
-        runs one admission pass, then reconciles them side by side. A burst of events thus costs a few
-        passes rather than one locked round trip each, and admission is never run twice at a time, so
-        two Tasks can never both take the last free slot."""
-        while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            keys, self.dirty = self.dirty, set()
-            await self._pass({key for key in keys if key is not None})
-
-    async def _pass(self, keys: set[TaskKey]) -> None:
-        view = self.view
-        if view is None:
-            return
+        """Starts the informers, waits until each has a complete list, then admits and reconciles."""
+        self._tasks = [asyncio.create_task(informer.run()) for informer in self.informers]
+        self._tasks.append(asyncio.create_task(self.events.run()))
         try:
-            await self.admit(view)  # first, so a Task that can start at once is never shown as Queued
-            self.failures.pop(None, None)
-        except Exception as error:
-            self._retry_later(None, error)
-        gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+            for informer in self.informers:
+                await informer.synced.wait()
+            self.synced = True
+            logger.info(
+                "cache synced: %d Tasks, %d Jobs, %d pods in %.1fs",
+                len(self.tasks),
+                len(self.jobs),
+                len(self.pods),
+                time.monotonic() - self.started_at,
+            )
+            self.admission_needed.set()
+            loops = [self._admission_loop(), self._resync_loop()]
+            loops += [self._worker() for _ in range(self.settings.workers)]
+            self._tasks += [asyncio.create_task(loop) for loop in loops]
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.stop()
 
-        async def reconcile(key: TaskKey) -> None:
-            async with gate:
-                try:
-                    await self.reconcile(key, view)
-                    self.failures.pop(key, None)
-                except Exception as error:
-                    self._retry_later(key, error)
+    async def stop(self) -> None:
+        self.queue.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
-        await asyncio.gather(*(reconcile(key) for key in keys))
+    def health(self) -> dict[str, Any]:
+        """For the liveness probe: raises when the loop has stopped making progress."""
+        now = time.monotonic()
+        pending = len(self.queue) + self.queue.processing
+        if not self.synced and now - self.started_at > self.settings.sync_deadline_seconds:
+            unsynced = [i.name for i in self.informers if not i.synced.is_set()]
+            raise kopf.PermanentError(f"no complete list yet of {', '.join(unsynced)}")
+        if pending and now - self.last_progress > self.settings.stall_seconds:
+            raise kopf.PermanentError(
+                f"{pending} Tasks waiting, none processed for {now - self.last_progress:.0f}s"
+            )
+        if self.admission_needed.is_set() and now - self.last_admission > self.settings.stall_seconds:
+            raise kopf.PermanentError(f"the admission loop has not run for {now - self.last_admission:.0f}s")
+        return {
+            "synced": self.synced,
+            "queued": pending,
+            "waiting": len(self.waiting),
+            "reserved": len(self.reserved),
+        }
 
-    def _retry_later(self, key: TaskKey | None, error: Exception) -> None:
-        # kopf does not retry event handlers, and a level-triggered operator must not lose a change
-        # because one request failed: the Task is marked dirty again after a growing delay.
-        failures = self.failures.get(key, 0) + 1
-        self.failures[key] = failures
-        delay = min(2.0 * 2 ** (failures - 1), 60.0)
-        if isinstance(error, (TimeoutError, ApiException, aiohttp.ClientError, OSError)):
-            logger.warning("reconciling %s failed (%s); retrying in %.0fs", key or "admission", error, delay)
+    def task_phases(self) -> Iterator[tuple[str, str]]:
+        """(phase, agent) of every Task in the cache, with the status last written (for metrics)."""
+        for task in self.tasks.values():
+            yield (self.current_status(task).get("phase") or "Pending", task.agent)
+
+    # --- change handlers: they only mark work; they never await ----------------------------------
+
+    def _task_changed(self, key: Any, old: TaskRecord | None, new: TaskRecord | None) -> None:
+        if old is not None and (new is None or new.uid != old.uid):
+            self._forget(old.key)
+        if new is None:
+            self.admission_needed.set()  # its slot or place in the queue is free
+            return
+        if new.waiting:
+            try:
+                self.waiting.add(new.uid, new.namespace, new.name, new.priority, _epoch(new.created))
+            except ValueError:
+                self.waiting.remove(new.uid)  # an unknown priority: the worker fails it with InvalidSpec
         else:
-            logger.exception("reconciling %s failed; retrying in %.0fs", key or "admission", delay)
-        metrics.RECONCILE_ERRORS.inc()
-        asyncio.get_running_loop().call_later(delay, lambda: self.enqueue(self.view, key))
+            self.waiting.remove(new.uid)
+        if old is None or old.waiting != new.waiting or old.uid != new.uid:
+            self.admission_needed.set()
+        self._touch(new)
+
+    def _job_changed(self, key: Any, old: JobRecord | None, new: JobRecord | None) -> None:
+        record = new or old
+        assert record is not None
+        if old is None or new is None or old.holds_slot != new.holds_slot:
+            self.admission_needed.set()
+        task = self._task_by_uid(record.view.owner_uid)
+        if task is not None:
+            self._touch(task)
+
+    def _pod_changed(self, key: Any, old: PodRecord | None, new: PodRecord | None) -> None:
+        record = new or old
+        assert record is not None
+        if old is None or new is None or old.holds_slot != new.holds_slot:
+            self.admission_needed.set()
+        job = _first(self.jobs.by_index("uid", record.view.job_uid))
+        task = self._task_by_uid(job.view.owner_uid) if job is not None else None
+        if task is not None:
+            self._touch(task)
+
+    def _agent_changed(self, key: Any, old: Any, new: Any) -> None:
+        # Tasks waiting for this agent (GitOps applies in any order) re-derive their phase and may start.
+        self.admission_needed.set()
+        for task in self.tasks.by_index("agent", key[1]):
+            self.queue.add(task.key)
+
+    def _touch(self, task: TaskRecord) -> None:
+        if not task.finished:
+            self.queue.add(task.key)
+            return
+        job = self._job_of(task.uid)
+        if job is not None:  # a finished Task's Job is removed after the retention period
+            due = _epoch(task.status.get("completionTime")) + self.settings.job_retention_seconds
+            self.queue.add_after(task.key, due - time.time())
+
+    def _forget(self, key: TaskKey) -> None:
+        uid = key[2]
+        self.queue.discard(key)
+        self.waiting.remove(uid)
+        for memory in (self.reserved, self.written, self.logs_collected_from, self.blocked_until):
+            memory.pop(uid, None)
+
+    # --- lookups -----------------------------------------------------------------------------------
+
+    def _task_by_uid(self, uid: str) -> TaskRecord | None:
+        return _first(self.tasks.by_index("uid", uid)) if uid else None
+
+    def _job_of(self, task_uid: str) -> JobRecord | None:
+        return _first(self.jobs.by_index("owner", task_uid))
+
+    def _pods_of(self, job: JobRecord) -> list[PodView]:
+        """The pods of a Job, oldest first: attempt n ran in the n-th."""
+        return sorted(
+            (p.view for p in self.pods.by_index("job", job.view.uid)), key=lambda p: (p.created, p.name)
+        )
+
+    def resolve_agent(self, namespace: str, name: str) -> ResolvedAgent | None:
+        """The same-namespace Agent of that name, else the ClusterAgent, else None."""
+        spec = self.agents.get((namespace, name))
+        if spec is not None:
+            return ResolvedAgent(ref=f"Agent/{namespace}/{name}", name=name, spec=spec)
+        spec = self.cluster_agents.get(("", name))
+        if spec is not None:
+            return ResolvedAgent(ref=f"ClusterAgent/{name}", name=name, spec=spec)
+        return None
+
+    def agent_spec(self, ref: str) -> dict[str, Any] | None:
+        kind, _, rest = ref.partition("/")
+        if kind == "Agent":
+            namespace, _, name = rest.partition("/")
+            return self.agents.get((namespace, name))
+        return self.cluster_agents.get(("", rest))
+
+    def current_status(self, task: TaskRecord) -> Mapping[str, Any]:
+        """The Task's status: the one this operator last wrote, if the cache does not show it yet."""
+        written = self.written.get(task.uid)
+        if written is None:
+            return task.status
+        version, status = written
+        if _not_older(task.resource_version, version):
+            del self.written[task.uid]
+            return task.status
+        return status
 
     # --- admission ---------------------------------------------------------------------------------
 
-    async def admit(self, view: ClusterView) -> None:
-        """Starts as many waiting Tasks as the concurrency limits allow, in priority order."""
-        for key in [key for key in self.requested if view.job(key) is not None or view.task(key) is None]:
-            del self.requested[key]
-        # A slot is held by an unfinished Job, a Job being created, or pods still shutting down (a deleted
-        # Task's Job can vanish before its pods do).
-        holders: dict[TaskKey, str] = {}
-        for index in (view.live_pods, view.active_jobs):
-            for key, refs in index.items():
-                for agent_ref in refs:
-                    holders[key] = agent_ref
-        holders.update({key: agent_ref for key, (_, agent_ref, _) in self.requested.items()})
-        running = [(namespace, agent_ref) for (namespace, _), agent_ref in holders.items()]
-        candidates: dict[TaskKey, tuple[dict[str, Any], ResolvedAgent]] = {}
-        for key, tasks in view.waiting.items():
-            if _first(tasks) is None or any(True for _ in view.jobs.get(key) or []) or key in self.requested:
-                continue
-            # The index may not show our latest status write yet; that write is the truth.
-            task = self.current_task(key, view) or _first(tasks)
-            status = task.get("status") or {}
-            if status.get("jobName") or status.get("phase") in TERMINAL_PHASES:
-                continue
-            agent = view.resolve_agent(task["metadata"]["namespace"], task["spec"].get("agent", ""))
-            if agent is not None:
-                candidates[key] = (task, agent)
-        if not candidates:
-            metrics.QUEUE_DEPTH.set(0)
-            return
-        waiting = [
-            QueueEntry(
-                namespace=task["metadata"]["namespace"],
-                name=task["metadata"]["name"],
-                agent=agent.ref,
-                priority=task["spec"].get("priority", "medium"),
-                created=_epoch(task["metadata"].get("creationTimestamp")),
-            )
-            for task, agent in candidates.values()
-        ]
-        per_agent = {}
-        for _, agent in candidates.values():
-            limit = agent.spec.get("maxConcurrent") or self.settings.max_concurrent_per_agent
-            if limit:
-                per_agent[agent.ref] = limit
+    async def _admission_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                # Also on a clock: aging changes the order, and back-offs and reservations expire.
+                async with asyncio.timeout(5.0 if (self.waiting or self.reserved) else None):
+                    await self.admission_needed.wait()
+            self.admission_needed.clear()
+            try:
+                self.admit()
+            except Exception:
+                logger.exception("admission pass failed")
+            self.last_admission = time.monotonic()
+
+    def admit(self) -> list[TaskKey]:
+        """One admission pass; never awaits. Reserves slots for the Tasks that may start now, in priority
+        order, and hands them to the workers. Returns their keys."""
+        now = time.monotonic()
+        for uid, reservation in list(self.reserved.items()):
+            if now - reservation.at > RESERVATION_TTL and self._job_of(uid) is None:
+                del self.reserved[uid]  # its Job never showed up: the worker finds out what happened
+                task = self._task_by_uid(uid)
+                if task is not None:
+                    self.queue.add(task.key)
         limits = Limits(
             total=self.settings.max_concurrent,
             per_namespace=self.settings.max_concurrent_per_namespace,
-            per_agent=per_agent,
+            per_agent=_AgentLimits(self),
         )
-        chosen = select_admissions(
-            waiting, running, limits, datetime.now(UTC).timestamp(), self.settings.aging_seconds
-        )
-        metrics.QUEUE_DEPTH.set(len(waiting) - len(chosen))
-        # The chosen Tasks start side by side: their slots are already counted, and each touches only
-        # its own objects. A burst then costs about one round trip per batch rather than per Task.
-        gate = asyncio.Semaphore(START_CONCURRENCY)
+        chosen_agents: dict[tuple[str, str], tuple[TaskRecord, ResolvedAgent]] = {}
+        candidates = self._candidates(now, chosen_agents)
+        chosen = select_in_order(candidates, self._slot_holders(), limits)
+        metrics.QUEUE_DEPTH.set(max(len(self.waiting) - len(chosen), 0))
+        keys = []
+        for entry in chosen:
+            task, agent = chosen_agents[(entry.namespace, entry.name)]
+            # It stays in the waiting queue (skipped while reserved) until its status names its Job,
+            # so a Job creation that fails puts it back in line without anything to undo.
+            self.reserved[task.uid] = Reservation(task.namespace, agent, job_name_for(task.name), now)
+            self.queue.add(task.key)
+            keys.append(task.key)
+        return keys
 
-        async def start(entry: QueueEntry) -> None:
-            key = (entry.namespace, label_value_for(entry.name))
-            task, agent = candidates[key]
-            async with gate:
-                await self._start(key, task, agent, view)
+    def _candidates(
+        self, now: float, resolved: dict[tuple[str, str], tuple[TaskRecord, ResolvedAgent]]
+    ) -> Iterator[QueueEntry]:
+        for uid, entry in self.waiting.ordered(time.time(), self.settings.aging_seconds):
+            if uid in self.reserved or self.blocked_until.get(uid, 0) > now or self._job_of(uid) is not None:
+                continue
+            task = self.tasks.get((entry.namespace, entry.name))
+            if task is None or task.uid != uid or not task.waiting:
+                continue
+            status = self.current_status(task)
+            if status.get("jobName") or status.get("phase") in TERMINAL_PHASES:
+                continue
+            agent = self.resolve_agent(task.namespace, task.agent)
+            if agent is None:
+                continue
+            resolved[(task.namespace, task.name)] = (task, agent)
+            yield QueueEntry(entry.namespace, entry.name, agent.ref, entry.priority, entry.created)
 
-        outcomes = await asyncio.gather(*(start(entry) for entry in chosen), return_exceptions=True)
-        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failures:
-            raise failures[0]
+    def _slot_holders(self) -> list[tuple[str, str]]:
+        """(namespace, agent ref) per slot in use: an unfinished Job, a Job being created, or pods still
+        shutting down (a deleted Task's Job can vanish before its pods do)."""
+        holders: dict[tuple[str, str], str] = {}
+        for job in self.jobs.by_index("active", True):
+            holders[(job.namespace, job.view.owner_uid or job.view.uid)] = job.agent_ref
+        for pod in self.pods.by_index("live", True):
+            job = _first(self.jobs.by_index("uid", pod.view.job_uid))
+            owner = job.view.owner_uid if job is not None else f"pod/{pod.view.name}"
+            holders[(pod.namespace, owner)] = pod.agent_ref
+        for uid, reservation in self.reserved.items():
+            holders[(reservation.namespace, uid)] = reservation.agent.ref
+        return [(namespace, agent_ref) for (namespace, _), agent_ref in holders.items()]
 
-    async def _start(
-        self, key: TaskKey, task: dict[str, Any], agent: ResolvedAgent, view: ClusterView
-    ) -> None:
-        meta = task["metadata"]
-        try:
-            task_spec = parse_task_spec(task["spec"])
-            agent_spec = parse_agent_spec(agent.spec)
-        except SpecError as error:
-            await self._fail_without_job(task, "InvalidSpec", str(error))
+    # --- workers -----------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                async with asyncio.timeout(self.settings.reconcile_deadline_seconds):
+                    await self.reconcile(key)
+                self.queue.forget(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = self.queue.add_rate_limited(key)
+                metrics.RECONCILE_ERRORS.inc()
+                if isinstance(error, (TimeoutError, ApiException, aiohttp.ClientError, OSError)):
+                    logger.warning(
+                        "reconciling %s/%s failed (%s); again in %.0fs",
+                        key[0],
+                        key[1],
+                        _describe(error),
+                        delay,
+                    )
+                else:
+                    logger.exception("reconciling %s/%s failed; again in %.0fs", key[0], key[1], delay)
+            finally:
+                self.queue.done(key)
+                self.last_progress = time.monotonic()
+
+    async def _resync_loop(self) -> None:
+        # Level-triggered repair: whatever an event handler missed, every unfinished Task is looked at
+        # again on this period (client-go's resync), and admission runs.
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            for task in self.tasks.by_index("unfinished", True):
+                self.queue.add(task.key)
+            self.admission_needed.set()
+
+    async def reconcile(self, key: TaskKey) -> None:
+        """Brings one Task (and its Job) in line with what is observed."""
+        namespace, name, uid = key
+        task = self.tasks.get((namespace, name))
+        if task is None or task.uid != uid:
+            self._forget(key)
             return
-        ref = TaskRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], spec=task_spec)
+        if task.finished:
+            await self._tidy_finished(task)
+            return
+        if task.deleting or self.current_status(task).get("phase") in TERMINAL_PHASES:
+            return
+        reservation = self.reserved.get(uid)
+        if reservation is not None and not reservation.created:
+            if task.cancel:
+                del self.reserved[uid]  # cancelled before its Job was created: nothing to start
+            elif not await self._start(task, reservation):
+                return
+        await self._sync(task)
+
+    # --- starting a Task ---------------------------------------------------------------------------
+
+    async def _start(self, task: TaskRecord, reservation: Reservation) -> bool:
+        """Creates the Task's Job (and claim); False when the Task did not start (failed or backing off)."""
+        body = task.as_task(self.current_status(task))
+        try:
+            task_spec = parse_task_spec(body["spec"])
+            agent_spec = parse_agent_spec(reservation.agent.spec)
+        except SpecError as error:
+            self.reserved.pop(task.uid, None)
+            await self._fail(task, "InvalidSpec", str(error))
+            return False
+        ref = TaskRef(name=task.name, namespace=task.namespace, uid=task.uid, spec=task_spec)
         priority_class = f"taskyard-{task_spec.priority}"
-        if priority_class not in view.priority_classes:
+        if self.priority_classes.get(("", priority_class)) is None:
             priority_class = None  # the scheduler only learns our priorities when the classes exist
-        job = render_job(ref, agent_spec, agent.name, priority_class)
+        job = render_job(ref, agent_spec, reservation.agent.name, priority_class)
         annotations = job["metadata"].setdefault("annotations", {})
-        annotations[ANNOTATION_AGENT_REF] = agent.ref
+        annotations[ANNOTATION_AGENT_REF] = reservation.agent.ref
         annotations[ANNOTATION_ADMITTED_AT] = datetime.now(UTC).isoformat(timespec="microseconds")
-        job["spec"]["template"]["metadata"].setdefault("annotations", {})[ANNOTATION_AGENT_REF] = agent.ref
+        job["spec"]["template"]["metadata"].setdefault("annotations", {})[ANNOTATION_AGENT_REF] = (
+            reservation.agent.ref
+        )
+        core, batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
         claim = render_workspace_claim(ref)
         try:
+            steps = [
+                self._create_owned(
+                    task,
+                    "ConfigMap",
+                    self._log_config_map(task),
+                    core.create_namespaced_config_map,
+                    core.read_namespaced_config_map,
+                )
+            ]
             if claim is not None:
-                await _create_ignoring_conflict(
-                    client.CoreV1Api(self.api).create_namespaced_persistent_volume_claim(
-                        meta["namespace"], claim
+                steps.append(
+                    self._create_owned(
+                        task,
+                        "PersistentVolumeClaim",
+                        claim,
+                        core.create_namespaced_persistent_volume_claim,
+                        core.read_namespaced_persistent_volume_claim,
                     )
                 )
-            created = await _create_ignoring_conflict(
-                client.BatchV1Api(self.api).create_namespaced_job(meta["namespace"], job)
-            )
+            await asyncio.gather(*steps)
+            await self._create_owned(task, "Job", job, batch.create_namespaced_job, batch.read_namespaced_job)
+        except NameConflict as conflict:
+            self.reserved.pop(task.uid, None)
+            await self._fail(task, "NameConflict", str(conflict))
+            return False
+        except _NamesakeLeaving:
+            # The objects of a deleted Task of the same name are still being collected: try again soon.
+            self.reserved.pop(task.uid, None)
+            self.blocked_until[task.uid] = time.monotonic() + 2.0
+            self.queue.add_after(task.key, 2.0)
+            return False
         except ApiException as error:
-            if error.status not in (400, 422):
-                raise
-            # The API server refuses what the Agent asks for (e.g. malformed resources or tolerations,
-            # which the Agent schema passes through): no retry can fix that, so the Task fails.
-            await self._fail_without_job(
-                task, "JobRejected", f"the API server rejected the Job: {_api_reason(error)}"
-            )
-            return
-        if not created and not await self._job_is_ours(meta, job["metadata"]["name"]):
-            return  # a namesake Job of a deleted Task is still going away; its deletion event brings us back
-        self.requested[key] = (meta["namespace"], agent.ref, job["metadata"]["name"])
-        metrics.ADMISSION_WAIT.observe(
-            max(datetime.now(UTC).timestamp() - _epoch(meta.get("creationTimestamp")), 0)
-        )
-        kopf.event(
-            _ref(task), type="Normal", reason="Admitted", message=f"created Job {job['metadata']['name']}"
-        )
-        await self.reconcile(key, view)
-
-    async def _job_is_ours(self, meta: dict[str, Any], job_name: str) -> bool:
-        try:
-            existing = await client.BatchV1Api(self.api).read_namespaced_job(job_name, meta["namespace"])
-        except ApiException as error:
-            if error.status == 404:
+            self.reserved.pop(task.uid, None)
+            if error.status in (400, 422):
+                # The API server refuses what the Agent asks for (e.g. malformed resources, which the
+                # Agent schema passes through): no retry can fix that, so the Task fails.
+                await self._fail(
+                    task, "JobRejected", f"the API server rejected the Job: {_api_reason(error)}"
+                )
                 return False
+            await self._creation_failed(task, _api_reason(error))
             raise
-        return any(owner.uid == meta["uid"] for owner in existing.metadata.owner_references or [])
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            self.reserved.pop(task.uid, None)
+            await self._creation_failed(task, _describe(error))
+            raise
+        reservation.created = True
+        metrics.ADMISSION_WAIT.observe(max(time.time() - _epoch(task.created), 0))
+        self.events.record(body, "Normal", "Admitted", f"created Job {job['metadata']['name']}")
+        return True
 
-    async def _fail_without_job(self, task: dict[str, Any], reason: str, message: str) -> None:
+    async def _creation_failed(self, task: TaskRecord, reason: str) -> None:
+        """A Job that could not be created (quota, API trouble): the Task gives its slot back and waits
+        out its own back-off, out of the queue's way, saying why in its status."""
+        delay = self.queue.next_delay(task.key)
+        self.blocked_until[task.uid] = time.monotonic() + delay
+        self.admission_needed.set()
+        message = f"creating the Job failed ({reason}); trying again in {delay:.0f}s"
+        with contextlib.suppress(Exception):
+            await self._patch_status(task, {"reason": "JobCreateFailed", "message": message})
+
+    async def _create_owned(
+        self, task: TaskRecord, kind: str, body: dict[str, Any], create: Any, read: Any
+    ) -> None:
+        """Creates an object named after the Task; an existing one is accepted only if the Task owns it."""
+        try:
+            await create(task.namespace, body)
+            return
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        name = body["metadata"]["name"]
+        existing = await read(name, task.namespace)
+        owners = existing.metadata.owner_references or []
+        if any(owner.uid == task.uid for owner in owners):
+            return  # ours: created by an earlier attempt whose answer was lost
+        namesake = any(
+            o.kind == "Task" and o.api_version == API_VERSION and o.name == task.name for o in owners
+        )
+        if namesake:
+            raise _NamesakeLeaving()
+        raise NameConflict(
+            f"a {kind} named {name!r} already exists in namespace {task.namespace!r} and the Task does "
+            "not own it; taskyard leaves it alone: rename the Task or remove that object"
+        )
+
+    def _log_config_map(self, task: TaskRecord) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": log_config_map_name(task.name),
+                "labels": {
+                    LABEL_TASK: label_value_for(task.name),
+                    "app.kubernetes.io/managed-by": "taskyard",
+                },
+                "ownerReferences": [owner_reference(task.name, task.uid)],
+            }
+        }
+
+    async def _fail(self, task: TaskRecord, reason: str, message: str) -> None:
         now = _now()
-        generation = task["metadata"].get("generation", 1)
+        generation = task.generation
         condition = {"type": "Succeeded", "status": "False", "reason": reason, "message": message}
         condition.update(lastTransitionTime=now, observedGeneration=generation)
         patch = {"phase": "Failed", "reason": reason, "message": message, "completionTime": now}
         patch["observedGeneration"] = generation
         patch["conditions"] = [condition]
-        await self._patch_status(self._key_of(task), task, patch)
-        kopf.event(_ref(task), type="Warning", reason=reason, message=message)
-        _count_finished(task["spec"].get("agent", ""), patch)
+        await self._patch_status(task, patch)
+        self.events.record(task.as_task(), "Warning", reason, message)
+        _count_finished(task.agent, patch)
 
-    # --- reconciliation ----------------------------------------------------------------------------
+    # --- keeping a Task's status current -----------------------------------------------------------
 
-    async def reconcile(self, key: TaskKey, view: ClusterView) -> None:
-        """Brings one Task's status (and its Job, when cancelled or unstartable) in line with the cluster."""
-        task = self.current_task(key, view)
-        if task is None or task["metadata"].get("deletionTimestamp"):
-            return
-        meta, spec, current = task["metadata"], task.get("spec") or {}, task.get("status") or {}
-        if current.get("phase") in TERMINAL_PHASES:
-            return
-        job, pod = view.job(key), view.pod(key)
+    async def _sync(self, task: TaskRecord) -> None:
+        current = self.current_status(task)
+        body = task.as_task(current)
+        spec = body["spec"]
+        job = self._job_of(task.uid)
+        reservation = self.reserved.get(task.uid)
+        if job is not None and reservation is not None:
+            del self.reserved[task.uid]  # the Job holds the slot from now on
+            reservation = None
+        pods = self._pods_of(job) if job is not None else []
+        pod = newest_pod(pods)
         extra: dict[str, Any] = {}
-        stop_job = job is not None and not job.finished and not job.deleting
-        requested = self.requested.get(key)
-        if spec.get("cancel") and (stop_job or (job is None and requested)):
+        collected_pod = None
+        stop_job = job is not None and not job.view.finished and not job.view.deleting
+        if spec.get("cancel") and (stop_job or (job is None and reservation is not None)):
             if pod is not None:  # salvage what the agent wrote before it is stopped
-                extra.update(await self._collect_logs(key, task, view, pod))
-            await self._delete_job(meta["namespace"], job.name if job else requested[2])
-            self.requested.pop(key, None)
+                fields, _ = await self._collect_logs(task, pods, pod, final=True)
+                extra.update(fields)
+                collected_pod = pod.name
+            await self._delete_job(task.namespace, job.view.name if job else reservation.job_name)  # type: ignore[union-attr]
+            self.reserved.pop(task.uid, None)
+            reservation = None
         elif stop_job and pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
-            await self._delete_job(meta["namespace"], job.name)
+            await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
 
-        agent = view.resolve_agent(meta["namespace"], spec.get("agent", ""))
-        claim = workspace_claim_name(meta["name"]) if (spec.get("workspace") or {}).get("size") else None
+        agent = self.resolve_agent(task.namespace, task.agent)
+        claim = workspace_claim_name(task.name) if (spec.get("workspace") or {}).get("size") else None
+        requested = reservation.job_name if reservation is not None and reservation.created else None
         seen = Observation(
-            job=job,
+            job=job.view if job is not None else None,
             pod=pod,
             agent_found=agent is not None,
-            agent_description=_missing_agent(meta["namespace"], spec.get("agent", "")),
-            job_requested=requested[2] if requested and job is None else None,
-            queued_message=self._queued_message(),
+            agent_description=_missing_agent(task.namespace, task.agent),
+            job_requested=requested if job is None else None,
+            queued_message=self._queued_message(task),
             workspace_claim=claim if (job is not None or requested) else None,
         )
-        if job is not None and job.finished and pod is not None and not pod.terminated:
+        if job is not None and job.view.finished and pod is not None and not pod.terminated:
             # The Job's final event can overtake its pod's: read the pod itself for the exit code and logs.
-            pod = await self._read_pod(meta["namespace"], pod)
+            pod = await self._read_pod(task.namespace, pod)
             seen = dataclasses.replace(seen, pod=pod)
-        desired = derive_status(task, seen, _now())
-        if job is None and not requested and current.get("jobName") and not spec.get("cancel"):
+        desired = derive_status(body, seen, _now())
+        if job is None and requested is None and current.get("jobName") and not spec.get("cancel"):
             desired = _job_lost(desired, current["jobName"])
+        backing_off = self.blocked_until.get(task.uid, 0) > time.monotonic()
+        if (
+            backing_off
+            and desired.get("reason") == "WaitingForCapacity"
+            and current.get("reason") == "JobCreateFailed"
+        ):
+            desired = {**desired, "reason": current["reason"], "message": current.get("message", "")}
         # Each attempt's output is kept when it ends, or as soon as its pod starts shutting down (a
         # timeout or cancel deletes the pod, and its log with it).
         if (
             pod is not None
             and (pod.terminated or pod.deleting)
-            and self.logs_collected_from.get(key) != pod.name
+            and pod.name not in (collected_pod, self.logs_collected_from.get(task.uid))
         ):
-            extra.update(await self._collect_logs(key, task, view, pod))
-        patch = status_changes(current, desired)
-        patch.update({k: v for k, v in extra.items() if current.get(k) != v})
-        if not patch:
-            return
-        await self._patch_status(key, task, patch)
-        if "phase" in patch:
-            _announce(task, desired)
-            if desired["phase"] in TERMINAL_PHASES:
-                _count_finished(spec.get("agent", ""), desired)
-        elif desired.get("attempts", 0) > max(current.get("attempts", 0), 1):
-            message = f"attempt {desired['attempts']} started; the previous one failed"
-            kopf.event(_ref(task), type="Normal", reason="Retrying", message=message)
+            final = desired.get("phase") in TERMINAL_PHASES
+            fields, settled = await self._collect_logs(task, pods, pod, final=final)
+            extra.update(fields)
+            collected_pod = pod.name if settled else None
+        patch = status_changes(dict(current), desired)
+        patch.update(extra)
+        if patch:
+            await self._patch_status(task, patch)
+            if "phase" in patch:
+                _announce(self.events, body, desired)
+                if desired["phase"] in TERMINAL_PHASES:
+                    _count_finished(task.agent, desired)
+            elif desired.get("attempts", 0) > max(current.get("attempts", 0), 1):
+                message = f"attempt {desired['attempts']} started; the previous one failed"
+                self.events.record(body, "Normal", "Retrying", message)
+        if collected_pod is not None:
+            # Only once the status carries it: a failed write collects again on the next try.
+            self.logs_collected_from[task.uid] = collected_pod
         if (
             desired.get("phase") in TERMINAL_PHASES
             and claim
             and not (spec.get("workspace") or {}).get("keep", True)
         ):
-            await _delete_ignoring_missing(
-                client.CoreV1Api(self.api).delete_namespaced_persistent_volume_claim(claim, meta["namespace"])
-            )
+            await self._delete_claim(task, claim)
 
-    def _queued_message(self) -> str:
+    def _queued_message(self, task: TaskRecord) -> str:
         limits = []
         if self.settings.max_concurrent:
             limits.append(f"{self.settings.max_concurrent} in the cluster")
@@ -471,63 +747,64 @@ class Controller:
         return f"waiting for a free slot under the concurrency limits{where}"
 
     async def _collect_logs(
-        self, key: TaskKey, task: dict[str, Any], view: ClusterView, pod: PodView
-    ) -> dict[str, Any]:
-        """Reads an attempt's output before its pod can go away: keeps it in the Task's log ConfigMap
-        and returns the status fields it feeds (logTail, result)."""
-        namespace = task["metadata"]["namespace"]
+        self, task: TaskRecord, pods: list[PodView], pod: PodView, final: bool
+    ) -> tuple[dict[str, Any], bool]:
+        """Reads an attempt's output before its pod can go away and keeps it in the Task's log ConfigMap.
+        Returns the status fields it feeds (logTail, result) and whether the pod is done with (read,
+        or nothing to read, or the Task is final). Never raises: a log that cannot be read must not
+        hold up the status or a cancel."""
         collected: dict[str, Any] = {}
-        try:
-            text = await client.CoreV1Api(self.api).read_namespaced_pod_log(
-                pod.name, namespace, container="agent", tail_lines=LOG_KEEP_LINES
-            )
-        except ApiException as error:
-            if error.status not in (400, 404):
-                raise
-            text = None  # never started (or already gone): nothing to keep
-        if text is not None:
-            collected["logTail"] = tail_lines(text, LOG_TAIL_LINES, LOG_TAIL_BYTES)
-            await self._keep_log(task, view.attempt_of(key, pod), pod.name, text)
         if pod.termination_message and pod.exit_code == 0:
             collected["result"] = pod.termination_message
-        self.logs_collected_from[key] = pod.name
-        return collected
+        attempt = next((n for n, p in enumerate(pods, start=1) if p.name == pod.name), max(len(pods), 1))
+        try:
+            log = await read_log_tail(
+                self.api, task.namespace, pod.name, "agent", deadline=self.settings.log_read_seconds
+            )
+        except Exception as error:
+            if isinstance(error, ApiException) and error.status in (400, 404):
+                return collected, True  # never started (or already gone): nothing to keep
+            logger.warning("reading the log of pod %s failed: %s", pod.name, _describe(error))
+            if final:
+                note = f"[taskyard: the log of pod {pod.name} could not be read: {_describe(error)}]"
+                collected["logTail"] = note
+            return collected, final
+        collected["logTail"] = tail_lines(log.text, LOG_TAIL_LINES, LOG_TAIL_BYTES)
+        try:
+            await self._keep_log(task, attempt, pod.name, log.text)
+        except Exception as error:
+            logger.warning("keeping the log of %s/%s failed: %s", task.namespace, task.name, _describe(error))
+        return collected, True
 
-    async def _keep_log(self, task: dict[str, Any], attempt: int, pod_name: str, text: str) -> None:
-        meta = task["metadata"]
+    async def _keep_log(self, task: TaskRecord, attempt: int, pod_name: str, text: str) -> None:
         core = client.CoreV1Api(self.api)
-        name = log_config_map_name(meta["name"])
-        packed = pack_log(text)
-        # Create first: most Tasks have one attempt, so the ConfigMap rarely exists yet.
-        body = {
-            "metadata": {
-                "name": name,
-                "labels": {
-                    LABEL_TASK: label_value_for(meta["name"]),
-                    "app.kubernetes.io/managed-by": "taskyard",
-                },
-                "ownerReferences": [owner_reference(meta["name"], meta["uid"])],
-            },
-            "binaryData": {log_key(attempt): base64.b64encode(packed).decode()},
-            "data": {pod_key(attempt): pod_name},
-        }
-        if await _create_ignoring_conflict(core.create_namespaced_config_map(meta["namespace"], body)):
+        name = log_config_map_name(task.name)
+        packed = base64.b64encode(pack_log(text)).decode()
+        try:
+            existing = await core.read_namespaced_config_map(name, task.namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            body = self._log_config_map(task)
+            body["binaryData"] = {log_key(attempt): packed}
+            body["data"] = {pod_key(attempt): pod_name}
+            await core.create_namespaced_config_map(task.namespace, body)
             return
-        existing = await core.read_namespaced_config_map(name, meta["namespace"])
-        if not any(owner.uid == meta["uid"] for owner in existing.metadata.owner_references or []):
-            # Left by a deleted Task of the same name and about to be collected: replace it.
-            await core.replace_namespaced_config_map(name, meta["namespace"], body)
+        if not any(owner.uid == task.uid for owner in existing.metadata.owner_references or []):
+            logger.warning(
+                "ConfigMap %s/%s is not owned by its Task; its log is not kept", task.namespace, name
+            )
             return
         binary = dict(existing.binary_data or {})
-        binary[log_key(attempt)] = base64.b64encode(packed).decode()
+        binary[log_key(attempt)] = packed
         sizes = {int(k.split("-")[1].split(".")[0]): len(v) * 3 // 4 for k, v in binary.items()}
         keep = attempts_to_keep(sizes)
         dropped = [n for n in sizes if n not in keep]  # the oldest attempts, when all would not fit
         patch = {
-            "binaryData": {log_key(attempt): binary[log_key(attempt)], **{log_key(n): None for n in dropped}},
+            "binaryData": {log_key(attempt): packed, **{log_key(n): None for n in dropped}},
             "data": {pod_key(attempt): pod_name, **{pod_key(n): None for n in dropped}},
         }
-        await core.patch_namespaced_config_map(name, meta["namespace"], patch)
+        await core.patch_namespaced_config_map(name, task.namespace, patch)
 
     async def _read_pod(self, namespace: str, pod: PodView) -> PodView:
         try:
@@ -538,24 +815,49 @@ class Controller:
             raise
         return PodView.from_body(self.api.sanitize_for_serialization(body))
 
-    async def _delete_job(self, namespace: str, name: str) -> None:
+    async def _delete_job(self, namespace: str, name: str, propagation: str = "Foreground") -> None:
         # Foreground: the Job stays (and keeps its slot) until its pods are gone, so a cancelled Task
         # cannot let a queued one start while its agent is still shutting down.
         await _delete_ignoring_missing(
-            client.BatchV1Api(self.api).delete_namespaced_job(
-                name, namespace, propagation_policy="Foreground"
-            )
+            client.BatchV1Api(self.api).delete_namespaced_job(name, namespace, propagation_policy=propagation)
         )
 
-    async def _patch_status(self, key: TaskKey, task: dict[str, Any], patch: dict[str, Any]) -> None:
-        meta = task["metadata"]
+    async def _delete_claim(self, task: TaskRecord, claim: str) -> None:
+        """Deletes the Task's workspace claim, only if the Task owns it (and only that very object)."""
+        core = client.CoreV1Api(self.api)
+        try:
+            existing = await core.read_namespaced_persistent_volume_claim(claim, task.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        if not any(owner.uid == task.uid for owner in existing.metadata.owner_references or []):
+            return
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=existing.metadata.uid))
+        await _delete_ignoring_missing(
+            core.delete_namespaced_persistent_volume_claim(claim, task.namespace, body=options)
+        )
+
+    async def _tidy_finished(self, task: TaskRecord) -> None:
+        """After the retention period, a finished Task's Job and pods go (its logs are kept in its
+        ConfigMap); `kubectl logs job/<task>` works until then."""
+        job = self._job_of(task.uid)
+        if job is None or job.view.deleting:
+            return
+        due = _epoch(task.status.get("completionTime")) + self.settings.job_retention_seconds
+        if time.time() < due:
+            self.queue.add_after(task.key, due - time.time())
+            return
+        await self._delete_job(task.namespace, job.view.name, propagation="Background")
+
+    async def _patch_status(self, task: TaskRecord, patch: dict[str, Any]) -> None:
         try:
             updated = await client.CustomObjectsApi(self.api).patch_namespaced_custom_object_status(
                 GROUP,
                 VERSION,
-                meta["namespace"],
+                task.namespace,
                 "tasks",
-                meta["name"],
+                task.name,
                 {"status": patch},
                 _content_type=MERGE_PATCH,
             )
@@ -563,11 +865,34 @@ class Controller:
             if error.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
             return
-        self.written[key] = (updated["metadata"]["resourceVersion"], updated.get("status") or {})
+        if updated["metadata"].get("uid") != task.uid:
+            return
+        status = updated.get("status") or {}
+        self.written[task.uid] = (
+            updated["metadata"]["resourceVersion"],
+            {k: status[k] for k in MANAGED_FIELDS if k in status},
+        )
 
-    @staticmethod
-    def _key_of(task: dict[str, Any]) -> TaskKey:
-        return (task["metadata"]["namespace"], label_value_for(task["metadata"]["name"]))
+
+class _NamesakeLeaving(Exception):
+    """The object under the Task's name belongs to a deleted Task of the same name."""
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
+def _first(values: list[Any]) -> Any:
+    return values[0] if values else None
+
+
+def _not_older(version: str, than: str) -> bool:
+    """Whether resourceVersion ``version`` is at least ``than``. Versions are opaque by contract but
+    etcd revisions in practice; an unparsable one only compares equal."""
+    try:
+        return int(version) >= int(than)
+    except ValueError:
+        return version == than
 
 
 def _job_lost(desired: dict[str, Any], job_name: str) -> dict[str, Any]:
@@ -587,10 +912,10 @@ def _missing_agent(namespace: str, name: str) -> str:
     )
 
 
-def _announce(task: dict[str, Any], status: dict[str, Any]) -> None:
+def _announce(events: EventRecorder, task: dict[str, Any], status: dict[str, Any]) -> None:
     phase, reason, message = status.get("phase"), status.get("reason", ""), status.get("message", "")
     warning = phase == "Failed" or reason == "AgentNotFound"
-    kopf.event(_ref(task), type="Warning" if warning else "Normal", reason=reason or phase, message=message)
+    events.record(task, "Warning" if warning else "Normal", reason or phase or "Unknown", message)
 
 
 def _count_finished(agent: str, status: dict[str, Any]) -> None:
@@ -598,15 +923,6 @@ def _count_finished(agent: str, status: dict[str, Any]) -> None:
     if status.get("startTime") and status.get("completionTime"):
         seconds = _epoch(status["completionTime"]) - _epoch(status["startTime"])
         metrics.TASK_DURATION.labels(agent=agent).observe(max(seconds, 0))
-
-
-def _ref(task: dict[str, Any]) -> dict[str, Any]:
-    meta = task["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Task",
-        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
-    }
 
 
 def _now() -> str:
@@ -619,22 +935,19 @@ def _epoch(timestamp: str | None) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
-async def _create_ignoring_conflict(call: Any) -> bool:
-    """Creates an object; returns False when it already existed (deterministic names: likely ours)."""
-    try:
-        await call
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        return False
-    return True
-
-
 def _api_reason(error: ApiException) -> str:
     try:
         return json.loads(error.body).get("message") or str(error.reason)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, AttributeError):
         return str(error.reason)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status}: {_api_reason(error)}"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 async def _delete_ignoring_missing(call: Any) -> None:

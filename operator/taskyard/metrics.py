@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -52,7 +51,7 @@ QUEUE_DEPTH = Gauge(
 )
 API_REQUESTS = Counter(
     "taskyard_api_requests_total",
-    "Requests the controller made to the API server, by HTTP method (kopf's watches and events excluded).",
+    "Requests the controller made to the API server, by HTTP method (lists, watches and events included).",
     ["method"],
     registry=REGISTRY,
 )
@@ -72,7 +71,7 @@ RECONCILE_ERRORS = Counter(
 class TaskPhaseCollector(Collector):
     """``taskyard_tasks{phase, agent}``: the Tasks the operator sees, counted at scrape time."""
 
-    def __init__(self, tasks: Callable[[], Iterable[dict[str, Any]]]) -> None:
+    def __init__(self, tasks: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self._tasks = tasks
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -83,17 +82,12 @@ class TaskPhaseCollector(Collector):
         yield family
 
 
-def count_by_phase_and_agent(tasks: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
-    """How many Tasks are in each (phase, agent); a Task without a status yet counts as Pending."""
-    return dict(
-        Tally(
-            ((task.get("status") or {}).get("phase") or "Pending", (task.get("spec") or {}).get("agent", ""))
-            for task in tasks
-        )
-    )
+def count_by_phase_and_agent(tasks: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """How many Tasks are in each (phase, agent), from one (phase, agent) pair per Task."""
+    return dict(Tally(tasks))
 
 
-async def serve(port: int, tasks: Callable[[], Iterable[dict[str, Any]]]) -> web.AppRunner:
+async def serve(port: int, tasks: Callable[[], Iterable[tuple[str, str]]]) -> web.AppRunner:
     """Starts the /metrics endpoint on ``port`` (all interfaces); returns the runner to stop it."""
     REGISTRY.register(TaskPhaseCollector(tasks))
 

@@ -223,12 +223,13 @@ def _finished_attempts(job: JobView) -> int:
 
 def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
     job, pod = seen.job, seen.pod
-    if spec.get("cancel"):
-        return CANCELLED, "Cancelled", "cancelled by spec.cancel; the Job and its pods were deleted"
+    # A Job that finished before the cancel was seen keeps its outcome: the work was done.
     if job is not None and job.complete:
         return SUCCEEDED, "Completed", "the agent finished with exit code 0"
     if job is not None and job.failed_reason is not None:
         return FAILED, *_failure(job, pod)
+    if spec.get("cancel"):
+        return CANCELLED, "Cancelled", "cancelled by spec.cancel; the Job and its pods were deleted"
     if pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
         detail = f": {pod.waiting_message}" if pod.waiting_message else ""
         return FAILED, "ImagePullFailed", f"the agent image {pod.image!r} cannot be pulled{detail}"

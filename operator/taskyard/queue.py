@@ -6,8 +6,10 @@ total, per namespace and per agent; a Task held back only by its own namespace o
 back Tasks of other namespaces and agents behind it.
 """
 
+import bisect
+import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from taskyard.api import PRIORITIES
@@ -96,6 +98,14 @@ def select_admissions(
     An entry whose namespace or agent is full is passed over, and later entries of other namespaces and
     agents can still start; once the total is full, nothing else does.
     """
+    return select_in_order(admission_order(waiting, now, aging_seconds), running, limits)
+
+
+def select_in_order(
+    ordered: Iterable[QueueEntry], running: Iterable[tuple[str, str]], limits: Limits
+) -> list[QueueEntry]:
+    """:func:`select_admissions` over entries already in admission order, read only as far as needed
+    (so a long queue in front of a full cluster costs nothing)."""
     by_namespace: Counter[str] = Counter()
     by_agent: Counter[str] = Counter()
     total = 0
@@ -105,7 +115,7 @@ def select_admissions(
         total += 1
 
     admitted = []
-    for entry in admission_order(waiting, now, aging_seconds):
+    for entry in ordered:
         if limits.total is not None and total >= limits.total:
             break
         if limits.per_namespace is not None and by_namespace[entry.namespace] >= limits.per_namespace:
@@ -118,3 +128,58 @@ def select_admissions(
         by_agent[entry.agent] += 1
         total += 1
     return admitted
+
+
+# (created, namespace, name, uid): a waiting Task's place within its priority.
+_Place = tuple[float, str, str, str]
+
+
+class WaitingQueue:
+    """The waiting Tasks, kept in order as they come and go, so admission never sorts the whole queue.
+
+    One sorted list per priority, oldest first. Within one priority an older Task never has a worse
+    effective rank than a younger one (aging only ever helps the longer wait), so the admission order is
+    a merge of the lists' heads: reading the first k entries costs O(k log 4), whatever the queue's length.
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[str, list[_Place]] = {priority: [] for priority in PRIORITIES}
+        self._places: dict[str, tuple[str, _Place]] = {}  # uid -> (priority, place)
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    def __contains__(self, uid: str) -> bool:
+        return uid in self._places
+
+    def add(self, uid: str, namespace: str, name: str, priority: str, created: float) -> None:
+        _base_rank(priority)  # unknown priorities are refused here, not when the queue is read
+        place = (created, namespace, name, uid)
+        if self._places.get(uid) == (priority, place):
+            return
+        self.remove(uid)
+        bisect.insort(self._lists[priority], place)
+        self._places[uid] = (priority, place)
+
+    def remove(self, uid: str) -> None:
+        known = self._places.pop(uid, None)
+        if known is None:
+            return
+        priority, place = known
+        entries = self._lists[priority]
+        index = bisect.bisect_left(entries, place)
+        if index < len(entries) and entries[index] == place:
+            del entries[index]
+
+    def ordered(self, now: float, aging_seconds: float) -> Iterator[tuple[str, QueueEntry]]:
+        """(uid, entry) in admission order (``entry.agent`` is left empty for the caller to resolve)."""
+
+        def entries(priority: str) -> Iterator[tuple[tuple[int, float, str, str], str, QueueEntry]]:
+            for created, namespace, name, uid in self._lists[priority]:
+                entry = QueueEntry(
+                    namespace=namespace, name=name, agent="", priority=priority, created=created
+                )
+                yield (effective_rank(entry, now, aging_seconds), created, namespace, name), uid, entry
+
+        for _, uid, entry in heapq.merge(*(entries(priority) for priority in PRIORITIES)):
+            yield uid, entry

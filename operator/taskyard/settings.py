@@ -23,6 +23,24 @@ class OperatorSettings:
     aging_seconds: float = 600.0
     # Where /metrics is served; 0 turns the endpoint off.
     metrics_port: int = 8000
+    # Tasks reconciled at once, each on its own (no Task waits for another's calls).
+    workers: int = 16
+    # Every API request times out after this long unless it sets its own; a reconcile after this.
+    request_timeout_seconds: float = 30.0
+    reconcile_deadline_seconds: float = 90.0
+    # How long reading one pod's log may take; what was read by then is kept.
+    log_read_seconds: float = 20.0
+    # Every unfinished Task is looked at again this often, whatever the watches said.
+    resync_seconds: float = 300.0
+    # A finished Task's Job and pods are deleted this long after it finished (its logs are kept).
+    job_retention_seconds: float = 3600.0
+    # Back-off of a Task whose reconcile fails: doubling from the base, at most the maximum.
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    # The liveness probe fails when work waits this long with nothing processed, or the first
+    # complete list of every resource takes longer than the sync deadline.
+    stall_seconds: float = 120.0
+    sync_deadline_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -33,6 +51,16 @@ class OperatorSettings:
             max_concurrent_per_agent=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_AGENT"),
             aging_seconds=_seconds(env, "TASKYARD_AGING_SECONDS", default=600.0),
             metrics_port=_port(env, "TASKYARD_METRICS_PORT", default=8000),
+            workers=_count(env, "TASKYARD_WORKERS", default=16),
+            request_timeout_seconds=_positive(env, "TASKYARD_REQUEST_TIMEOUT_SECONDS", 30.0),
+            reconcile_deadline_seconds=_positive(env, "TASKYARD_RECONCILE_DEADLINE_SECONDS", 90.0),
+            log_read_seconds=_positive(env, "TASKYARD_LOG_READ_SECONDS", 20.0),
+            resync_seconds=_positive(env, "TASKYARD_RESYNC_SECONDS", 300.0),
+            job_retention_seconds=_positive(env, "TASKYARD_JOB_RETENTION_SECONDS", 3600.0, zero_ok=True),
+            retry_base_seconds=_positive(env, "TASKYARD_RETRY_BASE_SECONDS", 1.0),
+            retry_max_seconds=_positive(env, "TASKYARD_RETRY_MAX_SECONDS", 300.0),
+            stall_seconds=_positive(env, "TASKYARD_STALL_SECONDS", 120.0),
+            sync_deadline_seconds=_positive(env, "TASKYARD_SYNC_DEADLINE_SECONDS", 600.0),
         )
 
 
@@ -69,3 +97,26 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) > 65535:
         raise ValueError(f"{name}={raw!r}: expected a TCP port from 1 to 65535, or 0 to turn it off")
     return int(raw)
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name}={raw!r}: expected a whole number of at least 1")
+    return int(raw)
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, zero_ok: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        accepted = "0 or more" if zero_ok else "more than 0"
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds, {accepted}")
+    return value

@@ -350,6 +350,7 @@ def test_default_deployment():
     }
     env = env_of(container)
     assert env["TASKYARD_AGING_SECONDS"] == "600"
+    assert env["TASKYARD_JOB_RETENTION_SECONDS"] == "3600"
     assert "TASKYARD_MAX_CONCURRENT" not in env
 
 
@@ -359,6 +360,7 @@ def test_settings_reach_the_operator_as_it_reads_them():
         "concurrency.perNamespace=2",
         "concurrency.perAgent=1",
         "agingSeconds=120",
+        "jobRetentionSeconds=600",
     )
     settings = OperatorSettings.from_env(env_of(operator_container(objects)))
     assert settings == OperatorSettings(
@@ -366,6 +368,7 @@ def test_settings_reach_the_operator_as_it_reads_them():
         max_concurrent_per_namespace=2,
         max_concurrent_per_agent=1,
         aging_seconds=120.0,
+        job_retention_seconds=600.0,
     )
     # null turns aging off rather than falling back to the operator's default of 600 s.
     assert (

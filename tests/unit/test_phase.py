@@ -724,6 +724,14 @@ def test_cancelling_a_queued_task():
     }
 
 
+def test_a_job_that_completed_before_the_cancel_stays_succeeded():
+    seen = Observation(
+        job=job_view(complete_job_status()), pod=pod_view(terminated_state(0, "Completed"), phase="Succeeded")
+    )
+    status = derive_status(task_body(running_status(), cancel=True), seen, NOW)
+    assert (status["phase"], status["reason"]) == ("Succeeded", "Completed")
+
+
 def test_cancel_wins_over_a_failing_image():
     state = {"waiting": {"reason": "ImagePullBackOff", "message": PULL_BACKOFF_MESSAGE}}
     seen = Observation(job=job_view(running_job_status()), pod=pod_view(state, phase="Pending"))

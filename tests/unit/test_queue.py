@@ -239,3 +239,57 @@ def test_random_queues_exercise_every_kind_of_skip():
         reasons["total"] += limits.total is not None and len(running) + len(admitted) == limits.total
         reasons["aging"] += aging > 0
     assert all(reasons[key] >= 5 for key in ("admitted", "skipped", "total", "aging")), reasons
+
+
+# --- the incremental waiting queue ---------------------------------------------------------------
+
+
+def test_waiting_queue_reads_in_the_same_order_as_a_full_sort():
+    import random
+
+    from taskyard.queue import WaitingQueue
+
+    rng = random.Random(7)
+    queue = WaitingQueue()
+    entries = {}
+    for n in range(400):
+        entry = QueueEntry(
+            namespace=f"ns{rng.randrange(3)}",
+            name=f"t{n}",
+            agent="",
+            priority=rng.choice(["critical", "high", "medium", "low"]),
+            created=float(rng.randrange(0, 5000)),
+        )
+        entries[f"uid{n}"] = entry
+        queue.add(f"uid{n}", entry.namespace, entry.name, entry.priority, entry.created)
+    for uid in rng.sample(sorted(entries), 100):  # some leave the queue
+        queue.remove(uid)
+        del entries[uid]
+    queue.add("uid-moved", "ns0", "moved", "low", 1.0)
+    queue.remove("uid-moved")
+    for now, aging in ((5000.0, 600.0), (9000.0, 600.0), (5000.0, 0.0), (100000.0, 60.0)):
+        expected = admission_order(entries.values(), now, aging)
+        assert [entry for _, entry in queue.ordered(now, aging)] == expected
+    assert len(queue) == 300
+
+
+def test_waiting_queue_refuses_an_unknown_priority():
+    from taskyard.queue import WaitingQueue
+
+    with pytest.raises(ValueError, match="priority"):
+        WaitingQueue().add("u", "ns", "t", "urgent", 0.0)
+
+
+def test_select_in_order_reads_only_as_far_as_there_is_room():
+    from taskyard.queue import select_in_order
+
+    read = []
+
+    def ordered():
+        for n in range(10_000):
+            read.append(n)
+            yield QueueEntry(namespace="ns", name=f"t{n}", agent="a", priority="medium", created=float(n))
+
+    chosen = select_in_order(ordered(), [("ns", "a")] * 3, Limits(total=5))
+    assert [entry.name for entry in chosen] == ["t0", "t1"]
+    assert len(read) == 3
