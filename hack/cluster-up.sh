@@ -3,6 +3,7 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd + runc + CNI, kubelet,
 # kube-proxy and a local-path PVC provisioner. Idempotent: a healthy running cluster is left alone.
 # Writes the admin kubeconfig to .cluster/kubeconfig; logs go to .cluster/logs/<component>.log.
+# `hack/cluster-up.sh --restart-apiserver` kills and restarts only the API server (for the fault tier).
 source "$(dirname "$0")/lib.sh"
 
 [[ $EUID -eq 0 ]] || die "the local cluster runs containerd and the kubelet, which need root"
@@ -297,7 +298,21 @@ start_storage() {
   "$REPO_ROOT/hack/local-storage.sh"
 }
 
+# restart_apiserver: kills the API server process and starts it again (the fault tier's
+# "API server restarted mid-run"). Everything else keeps running.
+restart_apiserver() {
+  local pid
+  pid=$(cat "$RUN/kube-apiserver.pid")
+  kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  start_apiserver
+}
+
 main() {
+  if [[ "${1:-}" == "--restart-apiserver" ]]; then
+    restart_apiserver
+    return
+  fi
   "$REPO_ROOT/hack/build-kubernetes.sh"
   "$REPO_ROOT/hack/build-tools.sh"
   "$REPO_ROOT/hack/images.sh" pause shell

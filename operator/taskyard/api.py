@@ -56,6 +56,13 @@ _DURATION_PARTS = re.compile(r"(?:(?P<h>[0-9]+)h)?(?:(?P<m>[0-9]+)m)?(?:(?P<s>[0
 _DURATION_HINT = "use a number with h, m or s, e.g. 90s, 30m, 2h, 1h30m"
 # Long enough for any sensible duration; CEL cost estimates need a bound on every compared string.
 _DURATION_MAX_CHARS = 32
+# The longest timeout a Task or Agent may ask for: a week. Beyond it a typo (99999999h) would be
+# accepted and then overflow the Job's deadline.
+MAX_TIMEOUT = "168h"
+MAX_TIMEOUT_SECONDS = 168 * 3600
+# Environment variable names every Kubernetes version accepts (C identifiers, plus '-' and '.').
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
 DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Kubernetes quantities use lowercase k for the decimal kilo; "K" is not a valid suffix.
@@ -71,6 +78,8 @@ def _duration_seconds(text: str) -> int:
     seconds = int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60 + int(match["s"] or 0)
     if seconds == 0:
         raise ValueError(f"{text!r} is zero; use a duration longer than that, e.g. 90s, 30m, 2h, 1h30m")
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"{text!r} is longer than the longest timeout, {MAX_TIMEOUT} (a week)")
     return seconds
 
 
@@ -137,6 +146,11 @@ def _require_env_name(item: dict[str, Any]) -> dict[str, Any]:
             f"{_show(item)} has no name; every environment variable needs a non-empty name, "
             "e.g. {name: LOG_LEVEL, value: debug}"
         )
+    if not _ENV_NAME.match(name):
+        raise ValueError(
+            f"{name!r} is not an environment variable name; use letters, digits, '_', '-' and '.', "
+            "not starting with a digit, e.g. LOG_LEVEL"
+        )
     return item
 
 
@@ -162,7 +176,12 @@ Duration = Annotated[
                     # The pattern already holds, so a non-zero digit anywhere means a non-zero total.
                     "rule": "self.matches('[1-9]')",
                     "message": "timeout must be longer than zero, e.g. 90s, 30m, 2h, 1h30m",
-                }
+                },
+                {
+                    # CEL reads Go durations, and the pattern is a subset of them.
+                    "rule": f"duration(self) <= duration('{MAX_TIMEOUT}')",
+                    "message": f"timeout must be at most {MAX_TIMEOUT} (a week)",
+                },
             ]
         },
     ),
@@ -178,7 +197,14 @@ ENV_VAR_SCHEMA: dict[str, Any] = {
     "description": "A Kubernetes EnvVar: a name and either a value or a valueFrom source.",
     "required": ["name"],
     "properties": {
-        "name": {"type": "string", "minLength": 1, "description": "Name of the environment variable."},
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 253,
+            "pattern": ENV_NAME_PATTERN,
+            "description": "Name of the environment variable: letters, digits, '_', '-' and '.', not "
+            "starting with a digit.",
+        },
         "value": {"type": "string", "description": "Value of the environment variable."},
         "valueFrom": {
             "type": "object",
@@ -378,6 +404,13 @@ class TaskSpec(_Model):
     )
     cancel: bool = Field(
         False, description="Set to true to stop the Task, whether it waits or runs. It cannot be set back."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TIMEOUT_SECONDS * 52,
+        description="Delete the Task (and with it its Job, logs and claim) this many seconds after it "
+        "finished. Defaults to the operator's TASKYARD_TASK_TTL_SECONDS; unset there too, the Task stays.",
     )
 
     @field_validator("prompt")

@@ -327,10 +327,21 @@ class Controller:
         if not task.finished:
             self.queue.add(task.key)
             return
-        job = self._job_of(task.uid)
-        if job is not None:  # a finished Task's Job is removed after the retention period
-            due = _epoch(task.status.get("completionTime")) + self.settings.job_retention_seconds
+        due = self._tidy_due(task)
+        if due is not None:  # a finished Task costs nothing until its clean-up is due
             self.queue.add_after(task.key, due - time.time())
+
+    def _tidy_due(self, task: TaskRecord) -> float | None:
+        """When a finished Task next needs work (its Job's retention ends, or its TTL), if ever."""
+        finished = _epoch(task.status.get("completionTime"))
+        due = []
+        ttl = task.ttl if task.ttl is not None else self.settings.task_ttl_seconds
+        if ttl is not None:
+            due.append(finished + ttl)
+        job = self._job_of(task.uid)
+        if job is not None and not job.view.deleting:
+            due.append(finished + self.settings.job_retention_seconds)
+        return min(due) if due else None
 
     def _forget(self, key: TaskKey) -> None:
         uid = key[2]
@@ -839,16 +850,34 @@ class Controller:
         )
 
     async def _tidy_finished(self, task: TaskRecord) -> None:
-        """After the retention period, a finished Task's Job and pods go (its logs are kept in its
-        ConfigMap); `kubectl logs job/<task>` works until then."""
+        """A finished Task's clean-up: after the retention period its Job and pods go (its logs were
+        kept in its ConfigMap; `kubectl logs job/<task>` works until then), and after its TTL, if it
+        has one, the Task itself."""
+        now = time.time()
+        finished = _epoch(task.status.get("completionTime"))
+        ttl = task.ttl if task.ttl is not None else self.settings.task_ttl_seconds
+        if ttl is not None and now >= finished + ttl:
+            # The uid precondition: a namesake created meanwhile is never deleted in its place.
+            options = client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(uid=task.uid), propagation_policy="Background"
+            )
+            await _delete_ignoring_missing(
+                client.CustomObjectsApi(self.api).delete_namespaced_custom_object(
+                    GROUP, VERSION, task.namespace, "tasks", task.name, body=options
+                ),
+                also=(409,),
+            )
+            return
         job = self._job_of(task.uid)
-        if job is None or job.view.deleting:
-            return
-        due = _epoch(task.status.get("completionTime")) + self.settings.job_retention_seconds
-        if time.time() < due:
-            self.queue.add_after(task.key, due - time.time())
-            return
-        await self._delete_job(task.namespace, job.view.name, propagation="Background")
+        if (
+            job is not None
+            and not job.view.deleting
+            and now >= finished + self.settings.job_retention_seconds
+        ):
+            await self._delete_job(task.namespace, job.view.name, propagation="Background")
+        due = self._tidy_due(task)
+        if due is not None and due > now:
+            self.queue.add_after(task.key, due - now)
 
     async def _patch_status(self, task: TaskRecord, patch: dict[str, Any]) -> None:
         try:
@@ -950,9 +979,9 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-async def _delete_ignoring_missing(call: Any) -> None:
+async def _delete_ignoring_missing(call: Any, also: tuple[int, ...] = ()) -> None:
     try:
         await call
     except ApiException as error:
-        if error.status != 404:
+        if error.status != 404 and error.status not in also:  # 409: the precondition names another object
             raise

@@ -175,7 +175,9 @@ class Informer(Generic[T]):
                 raise
             except Exception as error:
                 failures += 1
-                delay = min(0.5 * 2 ** min(failures, 6), 30.0) * random.uniform(0.8, 1.2)
+                # Capped low: an API server that is back must be noticed within seconds, and a list or
+                # watch every 5 s per resource is nothing to an API server.
+                delay = min(0.25 * 2 ** min(failures, 6), 5.0) * random.uniform(0.8, 1.2)
                 logger.warning("watching %s failed (%s); again in %.1fs", self.name, _describe(error), delay)
                 await asyncio.sleep(delay)
                 if isinstance(error, ApiException) and error.status == 410:

@@ -39,6 +39,7 @@ class TaskRecord:
     agent: str
     priority: str
     cancel: bool
+    ttl: int | None  # spec.ttlSecondsAfterFinished
     phase: str | None
     spec: Mapping[str, Any] | None  # the whole spec while the Task is unfinished; None once finished
     status: Mapping[str, Any]  # the fields the operator manages (no logTail or result)
@@ -92,6 +93,7 @@ def project_task(body: Mapping[str, Any]) -> TaskRecord:
         agent=str(spec.get("agent", "")),
         priority=str(spec.get("priority", "medium")),
         cancel=bool(spec.get("cancel")),
+        ttl=spec.get("ttlSecondsAfterFinished"),
         phase=phase,
         spec=None if finished else dict(spec),
         status={field: status[field] for field in fields if field in status},

@@ -34,6 +34,9 @@ class OperatorSettings:
     resync_seconds: float = 300.0
     # A finished Task's Job and pods are deleted this long after it finished (its logs are kept).
     job_retention_seconds: float = 3600.0
+    # Finished Tasks without their own spec.ttlSecondsAfterFinished are deleted this long after they
+    # finished; None keeps them.
+    task_ttl_seconds: float | None = None
     # Back-off of a Task whose reconcile fails: doubling from the base, at most the maximum.
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
@@ -57,6 +60,7 @@ class OperatorSettings:
             log_read_seconds=_positive(env, "TASKYARD_LOG_READ_SECONDS", 20.0),
             resync_seconds=_positive(env, "TASKYARD_RESYNC_SECONDS", 300.0),
             job_retention_seconds=_positive(env, "TASKYARD_JOB_RETENTION_SECONDS", 3600.0, zero_ok=True),
+            task_ttl_seconds=_optional_seconds(env, "TASKYARD_TASK_TTL_SECONDS"),
             retry_base_seconds=_positive(env, "TASKYARD_RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=_positive(env, "TASKYARD_RETRY_MAX_SECONDS", 300.0),
             stall_seconds=_positive(env, "TASKYARD_STALL_SECONDS", 120.0),
@@ -120,3 +124,9 @@ def _positive(env: Mapping[str, str], name: str, default: float, zero_ok: bool =
         accepted = "0 or more" if zero_ok else "more than 0"
         raise ValueError(f"{name}={raw!r}: expected a number of seconds, {accepted}")
     return value
+
+
+def _optional_seconds(env: Mapping[str, str], name: str) -> float | None:
+    if not env.get(name, "").strip():
+        return None
+    return _positive(env, name, 0.0, zero_ok=True)

@@ -34,6 +34,9 @@ def apply(cluster: Cluster, namespace: str, spec: dict, name: str = "bad") -> tu
         ({"agent": "shell", "prompt": "x" * 40000}, "put a larger prompt in a ConfigMap or Secret"),
         ({"agent": "Not_A_Name", "prompt": "x"}, "spec.agent"),
         ({"agent": "shell", "prompt": "x", "workspace": {"size": "lots"}}, "spec.workspace.size"),
+        ({"agent": "shell", "prompt": "x", "timeout": "99999999h"}, "timeout must be at most 168h (a week)"),
+        ({"agent": "shell", "prompt": "x", "env": [{"name": "1ABC", "value": "v"}]}, "spec.env[0].name"),
+        ({"agent": "shell", "prompt": "x", "ttlSecondsAfterFinished": -5}, "spec.ttlSecondsAfterFinished"),
     ],
     ids=[
         "missing-agent",
@@ -46,6 +49,9 @@ def apply(cluster: Cluster, namespace: str, spec: dict, name: str = "bad") -> tu
         "oversize-prompt",
         "bad-agent-name",
         "bad-workspace-size",
+        "timeout-beyond-a-week",
+        "bad-env-name",
+        "negative-ttl",
     ],
 )
 def test_bad_input_is_rejected_at_apply_time(kube: Kube, spec: dict, expected: str) -> None:

@@ -65,8 +65,25 @@ def test_parse_duration_rejects_zero(text):
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["169h", "99999999h", "168h1s", "10081m"])
+def test_parse_duration_rejects_more_than_a_week(text):
+    with pytest.raises(ValueError, match=rf"^timeout: '{text}' is longer than the longest timeout, 168h"):
+        parse_duration(text)
+
+
+def test_a_week_is_the_longest_timeout():
+    assert parse_duration("168h") == parse_duration("10080m") == 7 * 24 * 3600
+
+
+@pytest.mark.parametrize("name", ["1ABC", "A=B", "has space", "", "ÄPFEL"])
+def test_environment_variable_names_are_checked(name):
+    with pytest.raises(ValueError):
+        api.TaskSpec.model_validate({"agent": "a", "prompt": "p", "env": [{"name": name, "value": "x"}]})
+
+
 def test_duration_pattern_accepts_exactly_what_parse_duration_accepts_or_finds_zero():
-    """The CRD pattern and the parser must agree; only the zero check is left to code (and a CEL rule)."""
+    """The CRD pattern and the parser must agree; only the zero and the upper bound are left to code
+    (and CEL rules)."""
     pattern = re.compile(api.DURATION_PATTERN)
     for length in range(1, 6):
         for chars in itertools.product("01hms", repeat=length):
@@ -75,7 +92,7 @@ def test_duration_pattern_accepts_exactly_what_parse_duration_accepts_or_finds_z
                 parse_duration(text)
                 parses = True
             except ValueError as error:
-                parses = "is zero" in str(error)
+                parses = "is zero" in str(error) or "longer than the longest" in str(error)
             assert bool(pattern.search(text)) == parses, text
     assert pattern.search("") is None
 

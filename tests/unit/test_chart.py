@@ -223,6 +223,7 @@ def test_cluster_scope_grants_what_the_operator_uses():
     assert not of_kind(objects, "Role")
     needed = [
         ("taskyard.dev", "tasks", "watch"),
+        ("taskyard.dev", "tasks", "delete"),
         ("taskyard.dev", "agents", "list"),
         ("taskyard.dev", "clusteragents", "watch"),
         ("taskyard.dev", "tasks/status", "patch"),
@@ -351,6 +352,7 @@ def test_default_deployment():
     env = env_of(container)
     assert env["TASKYARD_AGING_SECONDS"] == "600"
     assert env["TASKYARD_JOB_RETENTION_SECONDS"] == "3600"
+    assert "TASKYARD_TASK_TTL_SECONDS" not in env  # finished Tasks stay unless asked
     assert "TASKYARD_MAX_CONCURRENT" not in env
 
 
@@ -361,6 +363,7 @@ def test_settings_reach_the_operator_as_it_reads_them():
         "concurrency.perAgent=1",
         "agingSeconds=120",
         "jobRetentionSeconds=600",
+        "taskTTLSeconds=86400",
     )
     settings = OperatorSettings.from_env(env_of(operator_container(objects)))
     assert settings == OperatorSettings(
@@ -369,6 +372,7 @@ def test_settings_reach_the_operator_as_it_reads_them():
         max_concurrent_per_agent=1,
         aging_seconds=120.0,
         job_retention_seconds=600.0,
+        task_ttl_seconds=86400.0,
     )
     # null turns aging off rather than falling back to the operator's default of 600 s.
     assert (

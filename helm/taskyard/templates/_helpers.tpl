@@ -76,8 +76,12 @@ Role per watched namespace (scope namespaced). No access to Secrets at all: Task
 Secrets and ConfigMaps themselves, through their env and volumes. */}}
 {{- define "taskyard.namespacedRules" -}}
 - apiGroups: ["taskyard.dev"]
-  resources: ["tasks", "agents"]
+  resources: ["agents"]
   verbs: ["get", "list", "watch"]
+# delete: finished Tasks past their TTL (spec.ttlSecondsAfterFinished or TASKYARD_TASK_TTL_SECONDS).
+- apiGroups: ["taskyard.dev"]
+  resources: ["tasks"]
+  verbs: ["get", "list", "watch", "delete"]
 - apiGroups: ["taskyard.dev"]
   resources: ["tasks/status"]
   verbs: ["patch"]

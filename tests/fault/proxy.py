@@ -1,0 +1,113 @@
+"""A TCP fault proxy for the fault tier: sits between the operator and the API server and, on request,
+black-holes connections (bytes stop, sockets stay open) or resets them.
+
+TLS passes through untouched (it is a layer-4 proxy), so the operator talks to the real API server
+with its real certificates; only the transport misbehaves. Threads rather than asyncio, so the proxy
+keeps forwarding while a test blocks in a synchronous client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+
+
+class _Connection:
+    def __init__(self, downstream: socket.socket, upstream: socket.socket, black_holed: bool) -> None:
+        self.downstream, self.upstream = downstream, upstream
+        self.black_holed = threading.Event()
+        if black_holed:
+            self.black_holed.set()
+        self.closed = False
+
+    def pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if self.black_holed.is_set():
+                    # A half-open connection: what is sent is never delivered, and nothing comes back.
+                    # Keep reading so the sender never sees back-pressure either.
+                    continue
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def close(self, reset: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for sock in (self.downstream, self.upstream):
+            with contextlib.suppress(OSError):
+                if reset:  # RST instead of FIN: the peer sees "connection reset by peer"
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+
+class FaultProxy:
+    def __init__(self, upstream_host: str, upstream_port: int, listen_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server((listen_host, 0))
+        self.port = self._listener.getsockname()[1]
+        self._connections: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._stalled = False
+        self.accepted = 0
+
+    def start(self) -> FaultProxy:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                downstream.close()
+                continue
+            with self._lock:
+                connection = _Connection(downstream, upstream, black_holed=self._stalled)
+                self._connections.append(connection)
+                self.accepted += 1
+            threading.Thread(target=connection.pump, args=(downstream, upstream), daemon=True).start()
+            threading.Thread(target=connection.pump, args=(upstream, downstream), daemon=True).start()
+
+    def stall(self) -> None:
+        """Every open connection goes silent for good, and so does every new one until :meth:`heal`,
+        as after an API server fail-over that leaves half-open connections behind."""
+        with self._lock:
+            self._stalled = True
+            for connection in self._connections:
+                connection.black_holed.set()
+
+    def heal(self) -> None:
+        """New connections work again; the silent ones stay silent (the client must give up on them)."""
+        with self._lock:
+            self._stalled = False
+
+    def reset_all(self) -> int:
+        """Resets every open connection (RST); returns how many."""
+        with self._lock:
+            open_connections = [c for c in self._connections if not c.closed]
+            self._connections = []
+        for connection in open_connections:
+            connection.close(reset=True)
+        return len(open_connections)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()

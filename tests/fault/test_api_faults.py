@@ -1,0 +1,90 @@
+"""The operator's connection to the API server misbehaves: connections that go silent for 90 s,
+connections reset during a burst, the API server process killed and restarted. Every Task still
+finishes, none gets a second Job, and the operator recovers on its own (same process, no restart)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.fault.helpers import all_final, jobs_per_task
+from tests.fault.proxy import FaultProxy
+from tests.integration.conftest import Kube
+
+pytestmark = pytest.mark.fault
+
+
+def create_tasks(kube: Kube, agent: str, prefix: str, count: int, script: str = "echo done") -> list[str]:
+    names = [f"{prefix}-{n}" for n in range(count)]
+    for name in names:
+        kube.create("Task", name, {"agent": agent, "prompt": script})
+    return names
+
+
+def assert_all_succeeded_once(kube: Kube, tasks: dict[str, dict], names: list[str]) -> None:
+    phases = {name: tasks[name]["status"]["phase"] for name in names}
+    assert set(phases.values()) == {"Succeeded"}, phases
+    jobs = jobs_per_task(kube)
+    assert all(jobs[name] == 1 for name in names), jobs
+
+
+def test_connections_silent_for_90s_then_recovery(
+    kube: Kube, shell_agent: str, start_operator, fault_proxy: tuple[FaultProxy, object]
+) -> None:
+    proxy, kubeconfig = fault_proxy
+    operator = start_operator(KUBECONFIG=str(kubeconfig))
+    before = create_tasks(kube, shell_agent, "before", 10, "sleep 5; echo done")
+    kube.wait_for("some Tasks to run", lambda: len(kube.jobs()) >= 3, timeout=60)
+
+    proxy.stall()  # bytes stop both ways; sockets stay open
+    during = create_tasks(kube, shell_agent, "during", 10)
+    time.sleep(90)
+    assert operator.process.poll() is None
+    connections_before = proxy.accepted
+    proxy.heal()  # new connections work; the silent ones stay silent for good
+
+    names = before + during
+    tasks = all_final(kube, names, timeout=180)
+    assert_all_succeeded_once(kube, tasks, names)
+    assert proxy.accepted > connections_before  # it gave up on the silent connections and opened new ones
+    assert operator.process.poll() is None, "the operator had to be restarted"
+
+
+def test_connections_reset_during_a_burst(
+    kube: Kube, shell_agent: str, start_operator, fault_proxy: tuple[FaultProxy, object]
+) -> None:
+    proxy, kubeconfig = fault_proxy
+    operator = start_operator(KUBECONFIG=str(kubeconfig))
+    names = []
+    resets = 0
+    for round_ in range(6):
+        names += create_tasks(kube, shell_agent, f"burst{round_}", 10)
+        time.sleep(1.5)
+        resets += proxy.reset_all()
+    assert resets >= 6  # the operator had connections open each time, and lost them
+
+    tasks = all_final(kube, names, timeout=240)
+    assert_all_succeeded_once(kube, tasks, names)
+    assert operator.process.poll() is None
+
+
+def test_api_server_killed_and_restarted_mid_run(kube: Kube, shell_agent: str, operator) -> None:
+    first = create_tasks(kube, shell_agent, "first", 10, "sleep 3; echo done")
+    kube.wait_for("some Tasks to run", lambda: len(kube.jobs()) >= 3, timeout=60)
+
+    # Returns once the restarted API server answers /readyz again.
+    subprocess.run(
+        [str(REPO_ROOT / "hack" / "cluster-up.sh"), "--restart-apiserver"], check=True, timeout=180
+    )
+    answering_again = time.monotonic()
+    later = create_tasks(kube, shell_agent, "later", 5)
+
+    all_final(kube, later, timeout=120)
+    took = time.monotonic() - answering_again
+    assert took <= 15, f"new Tasks took {took:.0f}s after the API server answered again"
+    tasks = all_final(kube, first + later, timeout=180)
+    assert_all_succeeded_once(kube, tasks, first + later)
+    assert operator.process.poll() is None

@@ -1,0 +1,78 @@
+"""Whatever an agent prints, its Task ends: bytes that are not UTF-8, 100 MB of output, one 50 MB line,
+a log that is one JSON document. Each Task must be final within 30 s of its Job finishing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kubernetes.client import ApiException
+
+from tests.fault.helpers import final_within
+from tests.integration.conftest import Kube, OperatorProcess
+from tests.integration.test_logs import kept_logs
+
+pytestmark = pytest.mark.fault
+
+
+def test_output_that_is_not_utf8(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
+    kube.create("Task", "binary", {"agent": shell_agent, "prompt": r"printf 'diff \377\376 done\n'"})
+    task = final_within(kube, "binary", 30)
+    assert task["status"]["phase"] == "Succeeded"
+    assert task["status"]["logTail"] == "diff \ufffd\ufffd done"
+    assert kept_logs(kube, "binary") == {1: "diff \ufffd\ufffd done\n"}
+
+
+def printed(kube: Kube, task: str) -> bytes:
+    """What the Task's pod has printed so far (nothing while its container is not running)."""
+    pods = kube.pods(task)
+    if not pods:
+        return b""
+    try:
+        response = kube.core.read_namespaced_pod_log(
+            pods[0].metadata.name, kube.namespace, _preload_content=False
+        )
+    except ApiException:
+        return b""
+    return response.data
+
+
+def test_cancel_of_a_task_that_printed_bad_bytes(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    kube.create("Task", "noisy", {"agent": shell_agent, "prompt": r"printf '\377\n'; sleep 300"})
+    kube.wait_for("the agent to print", lambda: printed(kube, "noisy"), timeout=60)
+    kube.patch_task("noisy", {"spec": {"cancel": True}})
+    task = kube.wait_for_phase("noisy", "Cancelled", timeout=60)
+    assert task["status"]["logTail"] == "\ufffd"
+    kube.wait_for("the Job to be gone", lambda: not kube.jobs("noisy"), timeout=60)
+
+
+def test_100_mb_of_output(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
+    script = "yes 'the agent keeps talking, line after line' | head -c 100000000; echo; echo LAST-LINE"
+    kube.create("Task", "chatty", {"agent": shell_agent, "prompt": script, "timeout": "10m"})
+    task = final_within(kube, "chatty", 30, overall=600)
+    assert task["status"]["phase"] == "Succeeded"
+    assert task["status"]["logTail"].endswith("LAST-LINE")
+    assert len(task["status"]["logTail"].encode()) <= 8192
+    kept = kept_logs(kube, "chatty")[1]
+    assert kept.startswith("[taskyard: ") and kept.endswith("LAST-LINE\n")
+
+
+def test_one_50_mb_line(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
+    script = "head -c 50000000 /dev/zero | tr '\\0' x; echo END"
+    kube.create("Task", "longline", {"agent": shell_agent, "prompt": script, "timeout": "10m"})
+    task = final_within(kube, "longline", 30, overall=600)
+    assert task["status"]["phase"] == "Succeeded"
+    assert task["status"]["logTail"].endswith("xxxxEND")
+    assert len(task["status"]["logTail"].encode()) <= 8192
+
+
+def test_a_log_that_is_one_json_document_stays_text(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    document = {"result": "ok", "files": ["a.py", "b.py"], "cost": 0.25}
+    kube.create("Task", "jsonout", {"agent": shell_agent, "prompt": f"printf '%s' '{json.dumps(document)}'"})
+    task = final_within(kube, "jsonout", 30)
+    assert task["status"]["logTail"] == json.dumps(document)
+    assert json.loads(kept_logs(kube, "jsonout")[1]) == document

@@ -1,0 +1,356 @@
+"""The control loop's decisions and failure paths, against a fake API server at the HTTP level:
+quota errors, namesake objects, hung requests, unreadable logs, re-created Tasks, a stalled loop.
+(The cluster tiers prove the same against the real API server; these make each path fast and exact.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import pytest
+from aiohttp import web
+
+from taskyard.controller import Controller, InstrumentedApiClient
+from taskyard.records import project_job, project_pod, project_task
+from taskyard.settings import OperatorSettings
+from tests.unit.fakeapi import FakeApi, run
+
+pytestmark = pytest.mark.unit
+
+NS = "ns"
+TASKS = f"/apis/taskyard.dev/v1alpha1/namespaces/{NS}/tasks"
+JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+CONFIG_MAPS = f"/api/v1/namespaces/{NS}/configmaps"
+SHELL = {"image": "shell:dev", "command": ["sh", "/etc/taskyard/prompt"]}
+
+
+def task_body(
+    name: str, uid: str | None = None, priority: str = "medium", status: dict | None = None
+) -> dict:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": uid or f"uid-{name}",
+            "resourceVersion": "1",
+            "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        "spec": {"agent": "shell", "prompt": "echo hi", "priority": priority},
+        "status": status or {},
+    }
+
+
+def status_api(fake: FakeApi, patches: list[tuple[str, dict]]) -> None:
+    """PATCH .../tasks/<name>/status: records the patch and answers like the API server."""
+    version = 100
+
+    def route(name: str) -> None:
+        async def patch(request: web.Request) -> web.StreamResponse:
+            nonlocal version
+            body = json.loads(await request.read())
+            patches.append((name, body["status"]))
+            version += 1
+            meta = {"name": name, "namespace": NS, "uid": f"uid-{name}", "resourceVersion": str(version)}
+            return web.json_response({"metadata": meta, "status": body["status"]})
+
+        fake.route(f"{TASKS}/{name}/status", patch)
+
+    fake.status_route = route  # type: ignore[attr-defined]
+
+
+def created(kind: str = "ConfigMap"):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        body["metadata"]["uid"] = f"uid-{kind.lower()}"
+        return web.json_response(body, status=201)
+
+    return handler
+
+
+def controller_for(fake: FakeApi, **settings: Any) -> Controller:
+    api = InstrumentedApiClient(fake.client().configuration)
+    controller = Controller(api=api, settings=OperatorSettings(metrics_port=0, **settings), namespaces=[NS])
+    controller.agents.put((NS, "shell"), dict(SHELL))
+    return controller
+
+
+def add_task(controller: Controller, body: dict) -> None:
+    record = project_task(body)
+    old = controller.tasks.put((NS, record.name), record, record.resource_version)
+    controller._task_changed((NS, record.name), old, record)
+
+
+def test_a_quota_refusal_gives_the_slot_back_and_backs_off_on_its_own():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("blocked")
+            fake.route(CONFIG_MAPS, created())
+
+            async def refuse(request: web.Request) -> web.StreamResponse:
+                message = (
+                    'jobs.batch "blocked" is forbidden: exceeded quota: q, requested: count/jobs.batch=1'
+                )
+                return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
+
+            fake.route(JOBS, refuse)
+            controller = controller_for(fake, max_concurrent=1)
+            add_task(controller, task_body("blocked", priority="critical"))
+            add_task(controller, task_body("behind", priority="low"))
+
+            [key] = controller.admit()
+            assert key[1] == "blocked"
+            with pytest.raises(Exception, match="403"):
+                await controller.reconcile(key)
+            assert "uid-blocked" not in controller.reserved  # the slot is free again
+            [(name, patch)] = patches
+            assert name == "blocked" and patch["reason"] == "JobCreateFailed"
+            assert "exceeded quota" in patch["message"] and "trying again in 1s" in patch["message"]
+            # The next pass admits the Task behind it; the refused one waits out its back-off.
+            assert [k[1] for k in controller.admit()] == ["behind"]
+            await controller.api.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("owners", "outcome"),
+    [
+        ([], "NameConflict"),
+        (
+            [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "x", "uid": "u1", "controller": True}],
+            "NameConflict",
+        ),
+        (
+            [{"apiVersion": "taskyard.dev/v1alpha1", "kind": "Task", "name": "clash", "uid": "old-uid"}],
+            "namesake",
+        ),
+        (
+            [{"apiVersion": "taskyard.dev/v1alpha1", "kind": "Task", "name": "clash", "uid": "uid-clash"}],
+            "ours",
+        ),
+    ],
+    ids=["unowned", "someone-elses", "deleted-namesake", "ours"],
+)
+def test_an_existing_job_is_used_only_when_the_task_owns_it(owners: list, outcome: str):
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("clash")
+            fake.route(CONFIG_MAPS, created())
+
+            async def exists(request: web.Request) -> web.StreamResponse:
+                return web.json_response(
+                    {"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409
+                )
+
+            async def read(request: web.Request) -> web.StreamResponse:
+                assert request.method == "GET"  # never deleted, never patched
+                meta = {"name": "clash", "namespace": NS, "uid": "job-uid", "ownerReferences": owners}
+                return web.json_response({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta})
+
+            fake.route(JOBS, exists)
+            fake.route(f"{JOBS}/clash", read)
+            controller = controller_for(fake)
+            add_task(controller, task_body("clash"))
+            [key] = controller.admit()
+            await controller.reconcile(key)
+            reservation = controller.reserved.get("uid-clash")
+            if outcome == "NameConflict":
+                [(_, patch)] = patches
+                assert (patch["phase"], patch["reason"]) == ("Failed", "NameConflict")
+                assert "a Job named 'clash' already exists" in patch["message"]
+                assert reservation is None
+            elif outcome == "namesake":
+                assert reservation is None and controller.blocked_until["uid-clash"] > time.monotonic()
+                assert all(p.get("phase") != "Failed" for _, p in patches)
+            else:
+                assert reservation is not None and reservation.created
+                assert patches[-1][1]["jobName"] == "clash"
+            methods = {(m, p) for m, p, _ in fake.requests}
+            assert not any(m in ("DELETE", "PUT") for m, _ in methods)
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_a_request_that_never_answers_times_out_and_frees_the_slot():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("stuck")
+            fake.route(CONFIG_MAPS, created())
+
+            async def hang(request: web.Request) -> web.StreamResponse:
+                await asyncio.sleep(60)
+                return web.json_response({})
+
+            fake.route(JOBS, hang)
+            controller = controller_for(fake)
+            controller.api.default_timeout = 0.5  # type: ignore[attr-defined]
+            add_task(controller, task_body("stuck"))
+            [key] = controller.admit()
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await controller.reconcile(key)
+            assert time.monotonic() - started < 5
+            assert "uid-stuck" not in controller.reserved
+            assert patches[-1][1]["reason"] == "JobCreateFailed"
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_one_hung_task_does_not_hold_up_the_others():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            for name in ("slow", "quick"):
+                fake.status_route(name)
+            fake.route(CONFIG_MAPS, created())
+
+            async def jobs(request: web.Request) -> web.StreamResponse:
+                body = json.loads(await request.read())
+                if body["metadata"]["name"] == "slow":
+                    await asyncio.sleep(60)
+                return web.json_response(body, status=201)
+
+            fake.route(JOBS, jobs)
+            controller = controller_for(fake, reconcile_deadline_seconds=3, workers=2)
+            add_task(controller, task_body("slow", priority="critical"))
+            add_task(controller, task_body("quick", priority="low"))
+            controller.admit()
+            workers = [asyncio.create_task(controller._worker()) for _ in range(2)]
+            started = time.monotonic()
+            while not any(name == "quick" and p.get("jobName") for name, p in patches):
+                await asyncio.sleep(0.05)
+                assert time.monotonic() - started < 2, "the quick Task waited for the slow one"
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await controller.api.close()
+
+    run(scenario())
+
+
+def job_and_pod(task: str, exit_code: int = 0) -> tuple[dict, dict]:
+    owner = {
+        "apiVersion": "taskyard.dev/v1alpha1",
+        "kind": "Task",
+        "name": task,
+        "uid": f"uid-{task}",
+        "controller": True,
+    }
+    job = {
+        "metadata": {"name": task, "namespace": NS, "uid": f"job-{task}", "ownerReferences": [owner]},
+        "status": {
+            "succeeded": 1,
+            "startTime": "2026-12-01T10:00:01Z",
+            "completionTime": "2026-12-01T10:00:09Z",
+            "conditions": [{"type": "Complete", "status": "True"}],
+        },
+    }
+    job_owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": task,
+        "uid": f"job-{task}",
+        "controller": True,
+    }
+    pod = {
+        "metadata": {
+            "name": f"{task}-abcde",
+            "namespace": NS,
+            "creationTimestamp": "2026-12-01T10:00:01Z",
+            "ownerReferences": [job_owner],
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [{"name": "agent", "state": {"terminated": {"exitCode": exit_code}}}],
+        },
+    }
+    return job, pod
+
+
+@pytest.mark.parametrize("log", ["bad-bytes", "server-error", "hangs"])
+def test_a_log_that_cannot_be_read_never_holds_up_the_final_status(log: str):
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("done")
+            fake.route(CONFIG_MAPS, created())
+            fake.route(f"{CONFIG_MAPS}/done-logs", created())
+
+            async def pod_log(request: web.Request) -> web.StreamResponse:
+                if log == "server-error":
+                    return web.json_response(
+                        {"kind": "Status", "code": 500, "message": "kubelet"}, status=500
+                    )
+                response = web.StreamResponse()
+                await response.prepare(request)
+                await response.write(b"ok \xff\xfe\n")
+                if log == "hangs":
+                    await asyncio.sleep(60)
+                return response
+
+            fake.route(f"/api/v1/namespaces/{NS}/pods/done-abcde/log", pod_log)
+            controller = controller_for(fake, log_read_seconds=0.5)
+            job, pod = job_and_pod("done")
+            controller.jobs.put((NS, "done"), project_job(job))
+            controller.pods.put((NS, "done-abcde"), project_pod(pod))
+            add_task(controller, task_body("done", status={"phase": "Running", "jobName": "done"}))
+            started = time.monotonic()
+            await controller.reconcile((NS, "done", "uid-done"))
+            assert time.monotonic() - started < 5
+            [(_, patch)] = patches
+            assert patch["phase"] == "Succeeded"
+            if log == "server-error":
+                assert patch["logTail"].startswith("[taskyard: the log of pod done-abcde could not be read")
+            else:
+                assert patch["logTail"] == "ok \ufffd\ufffd"
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_a_recreated_namesake_is_never_confused_with_the_task_it_replaces():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            controller = controller_for(fake, max_concurrent=1)
+            add_task(controller, task_body("same", uid="first"))
+            [old_key] = controller.admit()
+            assert old_key == (NS, "same", "first")
+            # Deleted and created again under the same name before anything ran.
+            add_task(controller, task_body("same", uid="second"))
+            assert "first" not in controller.reserved and "first" not in controller.waiting
+            await controller.reconcile(old_key)  # the old key does nothing at all
+            assert fake.requests == []
+            assert controller.admit() == [(NS, "same", "second")]
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_liveness_fails_when_work_waits_and_nothing_is_processed():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            controller = controller_for(fake, stall_seconds=5)
+            controller.synced = True
+            assert controller.health()["queued"] == 0
+            controller.queue.add((NS, "t", "u"))
+            controller.health()  # waiting, but only just
+            controller.last_progress -= 10
+            with pytest.raises(kopf.PermanentError, match="none processed"):
+                controller.health()
+            await controller.api.close()
+
+    run(scenario())
