@@ -10,14 +10,15 @@ prints figures; it is not a test. Four measurements:
             operator / floor is the headline figure.
 3. queue  - N Tasks of mixed priorities under a concurrency limit, real pods that exit at once:
             admission-order inversions, the most running at once, Tasks finished per minute.
-4. scale  - the operator's memory and CPU with N finished Tasks present, the time a freshly started
-            operator takes to catch up with them, and the API requests it makes meanwhile.
+4. scale  - N finished Tasks, each with the Job and the pod it had, and a freshly started operator
+            (twice: with the Jobs inside the retention period and past it): how soon its cache is
+            synced and a new Task admitted, the writes it makes, its memory and CPU.
 
 Burst, floor and scale use an Agent whose pods can never be scheduled (a nodeSelector no node has), so
 the kubelet does no work and the figures are the operator's and the API server's alone; the queue run
 uses real pods. Results go to docs/benchmarks.json (compared with the previous run) and are printed.
 
-Environment: BENCH_BURST="100,500,1000", BENCH_QUEUE=1000, BENCH_QUEUE_LIMIT=10, BENCH_SCALE="1000,10000",
+Environment: BENCH_BURST="100,500,1000", BENCH_QUEUE=1000, BENCH_QUEUE_LIMIT=10, BENCH_SCALE="10000",
 BENCH_CONCURRENCY=16, BENCH_ONLY="burst,queue,scale".
 """
 
@@ -35,7 +36,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ PARKED_AGENT = {
 }
 QUICK_AGENT = {"image": SHELL_IMAGE, "command": ["sh", "/etc/taskyard/prompt"], "timeout": "10m"}
 PRIORITIES = ("critical", "high", "medium", "low")
+DELETES = 'taskyard_api_requests_total{method="DELETE"}'
 
 
 def env_list(name: str, default: str) -> list[int]:
@@ -399,49 +401,167 @@ class Bench:
 
     # --- 4: scale -------------------------------------------------------------------------------------
 
-    async def scale(self, n: int) -> dict[str, Any]:
+    async def parked_node(self) -> str:
+        """A Node object no kubelet serves: pods bound to it are never run, and stay as written."""
+        name = "bench-parked-node"
+        with contextlib.suppress(ApiException):
+            await self.core.create_node(
+                {"metadata": {"name": name, "labels": {"taskyard.dev/bench": "parked"}}}
+            )
+        return name
+
+    async def populate_finished(self, namespace: str, n: int, finished_at: datetime) -> float:
+        """N finished Tasks, each with the Job and the pod it had: Succeeded, exit code 0."""
+        stamp = finished_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        node = await self.parked_node()
+        gate = asyncio.Semaphore(self.concurrency)
+        merge = "application/merge-patch+json"
+
+        async def one(name: str) -> None:
+            async with gate:
+                body = {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "Task",
+                    "metadata": {"name": name},
+                    "spec": {"agent": "parked", "prompt": "true"},
+                }
+                task = await self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "tasks", body
+                )
+                status = {
+                    "phase": "Succeeded", "reason": "Completed", "message": "the agent exited with 0",
+                    "jobName": name, "podName": f"{name}-pod", "attempts": 1, "startTime": stamp,
+                    "completionTime": stamp, "duration": "0s", "exitCode": 0, "observedGeneration": 1,
+                    "logTail": "done",
+                }  # fmt: skip
+                await self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, "tasks", name, {"status": status}, _content_type=merge
+                )
+                owner = {
+                    "apiVersion": f"{GROUP}/{VERSION}", "kind": "Task", "name": name,
+                    "uid": task["metadata"]["uid"], "controller": True,
+                }  # fmt: skip
+                labels = {"taskyard.dev/task": name}
+                annotations = {"taskyard.dev/agent-ref": f"Agent/{namespace}/parked"}
+                job = {
+                    "metadata": {
+                        "name": name,
+                        "labels": labels,
+                        "annotations": annotations,
+                        "ownerReferences": [owner],
+                    },
+                    "spec": {
+                        # Managed by nobody: the Job controller leaves it (and its status) alone.
+                        "managedBy": "bench.taskyard.dev/parked",
+                        "suspend": True,
+                        "template": {
+                            "metadata": {"labels": labels},
+                            "spec": {
+                                "restartPolicy": "Never",
+                                "containers": [{"name": "agent", "image": SHELL_IMAGE}],
+                            },
+                        },
+                    },
+                }
+                created = await self.batch.create_namespaced_job(namespace, job)
+                job_status = {
+                    "startTime": stamp, "completionTime": stamp, "succeeded": 1,
+                    "conditions": [
+                        {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": stamp},
+                        {"type": "Complete", "status": "True", "lastTransitionTime": stamp},
+                    ],
+                }  # fmt: skip
+                await self.batch.patch_namespaced_job_status(name, namespace, {"status": job_status})
+                job_owner = {
+                    "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created.metadata.uid,
+                    "controller": True,
+                }  # fmt: skip
+                pod = {
+                    "metadata": {
+                        "name": f"{name}-pod", "labels": labels, "annotations": annotations,
+                        "ownerReferences": [job_owner],
+                    },
+                    "spec": {
+                        "nodeName": node, "restartPolicy": "Never",
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [{"name": "agent", "image": SHELL_IMAGE}],
+                    },
+                }  # fmt: skip
+                await self.core.create_namespaced_pod(namespace, pod)
+                terminated = {"exitCode": 0, "reason": "Completed", "startedAt": stamp, "finishedAt": stamp}
+                pod_status = {
+                    "phase": "Succeeded",
+                    "containerStatuses": [
+                        {
+                            "name": "agent", "image": SHELL_IMAGE, "imageID": "", "ready": False,
+                            "restartCount": 0, "state": {"terminated": terminated},
+                        }
+                    ],
+                }  # fmt: skip
+                await self.core.patch_namespaced_pod_status(f"{name}-pod", namespace, {"status": pod_status})
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(f"s-{i:05d}") for i in range(n)))
+        return time.monotonic() - started
+
+    async def scale(self, n: int) -> list[dict[str, Any]]:
+        """N finished Tasks with their Jobs and pods; a fresh operator started twice: with the Jobs
+        inside the retention period, then past it. Measures how soon a new Task is admitted, the
+        writes for finished Tasks, memory and CPU."""
         namespace = await self.namespace(f"scale-{n}")
         await self.agent(namespace, "parked", PARKED_AGENT)
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        finished = {
-            "phase": "Succeeded",
-            "reason": "Completed",
-            "message": "the agent finished with exit code 0",
-            "startTime": now,
-            "completionTime": now,
-            "duration": "0s",
-            "exitCode": 0,
-            "observedGeneration": 1,
-        }
-        specs = {f"s-{i:05d}": {"agent": "parked", "prompt": "true"} for i in range(n)}
-        created_at = time.monotonic()
-        await self.create_tasks(namespace, specs, status=finished)
-        populate_seconds = time.monotonic() - created_at
-
-        operator = Operator(namespace)
-        await self.wait_until(
-            "the operator to handle every Task's initial event",
-            lambda: operator.metrics().get('taskyard_events_handled_total{resource="tasks"}', 0) >= n,
-            timeout=120 + n / 20,
-            # A scrape counts every Task, so polling fast would slow the catch-up it measures.
-            interval=0.5,
-        )
-        catch_up = time.monotonic() - operator.started
-        await asyncio.sleep(2)  # anything still in flight would show in the request count below
-        samples = operator.metrics()
-        rss, cpu = operator.resources()
-        operator.stop()
+        finished_at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+        populate_seconds = await self.populate_finished(namespace, n, finished_at)
+        runs = []
+        for label, retention in (("within retention", "3600"), ("past retention", "600")):
+            operator = Operator(namespace, TASKYARD_JOB_RETENTION_SECONDS=retention)
+            fresh = f"fresh-{len(runs)}"
+            await self.create_tasks(namespace, {fresh: {"agent": "parked", "prompt": "true"}})
+            synced_at = admitted_at = None
+            deadline = time.monotonic() + 120 + n / 50
+            while (synced_at is None or admitted_at is None) and time.monotonic() < deadline:
+                if synced_at is None and operator.metrics().get("taskyard_cache_synced") == 1:
+                    synced_at = time.monotonic() - operator.started
+                if admitted_at is None:
+                    with contextlib.suppress(ApiException):
+                        await self.batch.read_namespaced_job(fresh, namespace)
+                        admitted_at = time.monotonic() - operator.started
+                await asyncio.sleep(0.25)
+            if retention == "600":
+                await self.wait_until(
+                    "the Jobs past their retention to be deleted",
+                    lambda op=operator: op.metrics().get(DELETES, 0) >= n,
+                    timeout=120 + n / 20,
+                    interval=1,
+                )
+            await asyncio.sleep(3)  # anything still in flight shows in the counts below
+            samples = operator.metrics()
+            rss, cpu = operator.resources()
+            operator.stop()
+            requests = {
+                key.split('"')[1]: int(value)
+                for key, value in samples.items()
+                if key.startswith("taskyard_api_requests_total{")
+            }
+            writes = sum(v for method, v in requests.items() if method in ("POST", "PATCH", "PUT", "DELETE"))
+            # The fresh Task costs a few writes of its own: its log ConfigMap, its Job, its status, events.
+            runs.append(
+                {
+                    "n": n,
+                    "run": label,
+                    "populate_seconds": round(populate_seconds, 1),
+                    "synced_seconds": round(synced_at, 2) if synced_at is not None else None,
+                    "new_task_admitted_seconds": round(admitted_at, 2) if admitted_at is not None else None,
+                    "requests_by_method": requests,
+                    "writes": writes,
+                    "rss_mib": round(rss, 1),
+                    "cpu_seconds": round(cpu, 2),
+                }
+            )
         await self.drop_namespace(namespace)
-        return {
-            "n": n,
-            "populate_seconds": round(populate_seconds, 1),
-            "catch_up_seconds": round(catch_up, 2),
-            "api_requests_during_catch_up": int(
-                sum(v for k, v in samples.items() if k.startswith("taskyard_api_requests_total"))
-            ),
-            "rss_mib": round(rss, 1),
-            "cpu_seconds": round(cpu, 2),
-        }
+        with contextlib.suppress(ApiException):
+            await self.core.delete_node("bench-parked-node")
+        return runs
 
 
 def count_inversions(
@@ -499,11 +619,15 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
         if before:
             lines.append(f"  burst N={n}: operator/floor {before} -> {ratio}")
     for now in current.get("scale", []):
-        before = next((s for s in previous.get("scale", []) if s["n"] == now["n"]), None)
-        if before and before.get("catch_up_seconds") is not None and "rss_mib" in before:
+        before = next(
+            (s for s in previous.get("scale", []) if s["n"] == now["n"] and s.get("run") == now.get("run")),
+            None,
+        )
+        if before and "new_task_admitted_seconds" in before:
             lines.append(
-                f"  scale N={now['n']}: catch-up {before['catch_up_seconds']}s"
-                f" -> {now['catch_up_seconds']}s, RSS {before['rss_mib']} -> {now['rss_mib']} MiB"
+                f"  scale N={now['n']} ({now['run']}): new Task admitted after "
+                f"{before['new_task_admitted_seconds']}s -> {now['new_task_admitted_seconds']}s, "
+                f"RSS {before['rss_mib']} -> {now['rss_mib']} MiB"
             )
     return lines
 
@@ -515,7 +639,8 @@ async def main() -> int:
     results["modes"] = {
         "burst": "real API server and controllers; pods never scheduled (no kubelet work)",
         "queue": "real API server, controllers, scheduler and kubelet; real pods",
-        "scale": "real API server and controllers; finished Tasks only",
+        "scale": "real API server and controllers; finished Tasks with their Jobs and pods "
+        "(the pods bound to a node no kubelet serves)",
     }
     async with client.ApiClient() as api:
         bench = Bench(api, int(os.environ.get("BENCH_CONCURRENCY", "16")))
@@ -548,15 +673,17 @@ async def main() -> int:
             )
         if "scale" in only:
             results["scale"] = []
-            for n in env_list("BENCH_SCALE", "1000,10000"):
-                scale = await bench.scale(n)
-                results["scale"].append(scale)
-                print(
-                    f"scale N={n} finished Tasks: catch-up {scale['catch_up_seconds']}s, "
-                    f"{scale['api_requests_during_catch_up']} API requests, RSS {scale['rss_mib']} MiB, "
-                    f"CPU {scale['cpu_seconds']}s",
-                    flush=True,
-                )
+            for n in env_list("BENCH_SCALE", "10000"):
+                for scale in await bench.scale(n):
+                    results["scale"].append(scale)
+                    print(
+                        f"scale N={n} finished Tasks with Jobs and pods, {scale['run']}: cache synced after "
+                        f"{scale['synced_seconds']}s, a new Task admitted after "
+                        f"{scale['new_task_admitted_seconds']}s, {scale['writes']} writes "
+                        f"{scale['requests_by_method']}, RSS {scale['rss_mib']} MiB, "
+                        f"CPU {scale['cpu_seconds']}s",
+                        flush=True,
+                    )
     if RESULTS.exists():
         previous = json.loads(RESULTS.read_text())
         changes = compare(previous, results)

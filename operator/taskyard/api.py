@@ -271,17 +271,17 @@ class PromptSource(_Model):
         return self
 
 
+Quantity = Annotated[
+    str,
+    Field(pattern=QUANTITY_PATTERN, max_length=32),
+    _matching(QUANTITY_PATTERN, "use a Kubernetes quantity such as 500Mi, 10Gi or 1Ti"),
+]
+
+
 class WorkspaceSpec(_Model):
     """The /workspace directory of the agent."""
 
-    size: (
-        Annotated[
-            str,
-            Field(pattern=QUANTITY_PATTERN, max_length=32),
-            _matching(QUANTITY_PATTERN, "use a Kubernetes quantity such as 500Mi, 10Gi or 1Ti"),
-        ]
-        | None
-    ) = Field(
+    size: Quantity | None = Field(
         None,
         description="Size of a PersistentVolumeClaim for /workspace, e.g. 10Gi. "
         "Without a size, /workspace is an emptyDir that lives only as long as the Pod.",
@@ -481,8 +481,14 @@ class AgentSpec(_Model):
     )
     resources: ResourceRequirements | None = Field(
         None,
-        description="CPU and memory requests and limits of the agent container; "
-        "requests 100m CPU and 128Mi memory, limits 1 CPU and 512Mi memory when unset.",
+        description="CPU, memory and ephemeral-storage requests and limits of the agent container; "
+        "requests 100m CPU and 128Mi memory, limits 1 CPU and 512Mi memory when unset. An "
+        "ephemeral-storage limit of 4Gi is added unless one is given.",
+    )
+    workspace_size_limit: Quantity | None = Field(
+        None,
+        description="Most the emptyDir /workspace of a Task without a claim may hold; the kubelet evicts "
+        "the pod beyond it. 2Gi when unset.",
     )
     timeout: Duration | None = Field(
         None,

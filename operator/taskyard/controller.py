@@ -41,13 +41,17 @@ from taskyard.logstore import attempts_to_keep, log_config_map_name, log_key, pa
 from taskyard.phase import (
     IMAGE_PULL_FAILURES,
     MANAGED_FIELDS,
+    STARTUP_FAILURES,
     TERMINAL_PHASES,
     Observation,
     PodView,
     derive_status,
+    image_pull_patience_over,
     newest_pod,
+    startup_overdue,
     status_changes,
     tail_lines,
+    waiting_since,
 )
 from taskyard.podlogs import read_log_tail
 from taskyard.queue import Limits, QueueEntry, WaitingQueue, select_in_order
@@ -202,6 +206,8 @@ class Controller:
         self.started_at = self.last_progress = self.last_admission = time.monotonic()
         self.informers: list[Informer[Any]] = self._informers()
         self._tasks: list[asyncio.Task[None]] = []
+        for resource, store in (("tasks", self.tasks), ("jobs", self.jobs), ("pods", self.pods)):
+            metrics.CACHE_OBJECTS.labels(resource=resource).set_function(store.__len__)
 
     # --- wiring ------------------------------------------------------------------------------------
 
@@ -231,6 +237,7 @@ class Controller:
             for informer in self.informers:
                 await informer.synced.wait()
             self.synced = True
+            metrics.CACHE_SYNCED.set(1)
             logger.info(
                 "cache synced: %d Tasks, %d Jobs, %d pods in %.1fs",
                 len(self.tasks),
@@ -685,8 +692,6 @@ class Controller:
             await self._delete_job(task.namespace, job.view.name if job else reservation.job_name)  # type: ignore[union-attr]
             self.reserved.pop(task.uid, None)
             reservation = None
-        elif stop_job and pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
-            await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
 
         agent = self.resolve_agent(task.namespace, task.agent)
         claim = workspace_claim_name(task.name) if (spec.get("workspace") or {}).get("size") else None
@@ -699,12 +704,16 @@ class Controller:
             job_requested=requested if job is None else None,
             queued_message=self._queued_message(task),
             workspace_claim=claim if (job is not None or requested) else None,
+            **self._startup_checks(task, job, pod, agent),
         )
         if job is not None and job.view.finished and pod is not None and not pod.terminated:
             # The Job's final event can overtake its pod's: read the pod itself for the exit code and logs.
             pod = await self._read_pod(task.namespace, pod)
             seen = dataclasses.replace(seen, pod=pod)
         desired = derive_status(body, seen, _now())
+        if stop_job and desired.get("phase") == "Failed" and desired.get("reason") in STARTUP_FAILURES:
+            # The kubelet or the Job controller would keep trying (and hold the slot) until the timeout.
+            await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
         if job is None and requested is None and current.get("jobName") and not spec.get("cancel"):
             desired = _job_lost(desired, current["jobName"])
         backing_off = self.blocked_until.get(task.uid, 0) > time.monotonic()
@@ -745,6 +754,31 @@ class Controller:
             and not (spec.get("workspace") or {}).get("keep", True)
         ):
             await self._delete_claim(task, claim)
+
+    def _startup_checks(
+        self, task: TaskRecord, job: JobRecord | None, pod: PodView | None, agent: ResolvedAgent | None
+    ) -> dict[str, Any]:
+        """The start-up deadline and the image-pull patience for a Job whose agent has not started;
+        the Task is looked at again when either runs out, whatever the watches say."""
+        if job is None or job.view.finished or (pod is not None and (pod.running or pod.terminated)):
+            return {}
+        now = time.time()
+        account = (agent.spec.get("serviceAccountName") if agent is not None else None) or None
+        checks: dict[str, Any] = {
+            "startup_overdue": startup_overdue(
+                job.view, pod, now, self.settings.startup_deadline_seconds, account
+            )
+        }
+        due = [_epoch(waiting_since(job.view, pod)) + self.settings.startup_deadline_seconds]
+        if pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
+            checks["image_pull_patience_over"] = image_pull_patience_over(
+                pod, now, self.settings.image_pull_patience_seconds
+            )
+            due.append(_epoch(pod.created) + self.settings.image_pull_patience_seconds)
+        pending = [at for at in due if at > now]
+        if pending:
+            self.queue.add_after(task.key, min(pending) - now + 0.5)
+        return checks
 
     def _queued_message(self, task: TaskRecord) -> str:
         limits = []

@@ -57,7 +57,18 @@ API_REQUESTS = Counter(
 )
 EVENTS_HANDLED = Counter(
     "taskyard_events_handled_total",
-    "Watch events handled, by resource (tasks, jobs, pods, agents, clusteragents).",
+    "Watch events handled, by resource (tasks, jobs, pods, agents, clusteragents, priorityclasses).",
+    ["resource"],
+    registry=REGISTRY,
+)
+CACHE_SYNCED = Gauge(
+    "taskyard_cache_synced",
+    "1 once every informer has stored a complete list (nothing is admitted before), else 0.",
+    registry=REGISTRY,
+)
+CACHE_OBJECTS = Gauge(
+    "taskyard_cache_objects",
+    "Objects in the operator's cache, by resource.",
     ["resource"],
     registry=REGISTRY,
 )

@@ -20,8 +20,12 @@ TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # Phases never move to a lower rank: a stale observation cannot take a Task backwards.
 _RANK = {PENDING: 0, QUEUED: 0, RUNNING: 1, SUCCEEDED: 2, FAILED: 2, CANCELLED: 2}
 
-# Waiting reasons of a container whose image can never start; the kubelet would retry them forever.
+# Waiting reasons of a container whose image does not start; the kubelet would retry them forever.
 IMAGE_PULL_FAILURES = frozenset({"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
+# Of those, the ones no retry can fix (the others may be a registry's rate limit or a short outage).
+PERMANENT_IMAGE_FAILURES = frozenset({"ErrImageNeverPull", "InvalidImageName"})
+# Waiting reasons that mean the pod's configuration names something missing (a Secret, a ConfigMap key).
+CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 
 # Job failure reasons (batch/v1 Job condition `Failed`) and the Task reason each becomes.
 _JOB_FAILURE_REASONS = {
@@ -65,6 +69,7 @@ class JobView:
     start_time: str | None = None
     completion_time: str | None = None
     deleting: bool = False
+    created: str = ""
 
     @property
     def finished(self) -> bool:
@@ -95,6 +100,7 @@ class JobView:
             start_time=status.get("startTime"),
             completion_time=completion_time,
             deleting=bool(body["metadata"].get("deletionTimestamp")),
+            created=body["metadata"].get("creationTimestamp") or "",
         )
 
 
@@ -114,6 +120,7 @@ class PodView:
     terminated_reason: str | None = None
     termination_message: str | None = None
     deleting: bool = False
+    unschedulable_message: str | None = None  # why the scheduler cannot place it (e.g. an unbound claim)
 
     @property
     def terminated(self) -> bool:
@@ -133,6 +140,8 @@ class PodView:
         waiting = state.get("waiting") or {}
         terminated = state.get("terminated")
         owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("controller")), {})
+        scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+        unschedulable = scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None
         return cls(
             name=body["metadata"]["name"],
             created=body["metadata"].get("creationTimestamp") or "",
@@ -146,6 +155,7 @@ class PodView:
             terminated_reason=terminated.get("reason") if terminated else None,
             termination_message=(terminated.get("message") or None) if terminated else None,
             deleting=bool(body["metadata"].get("deletionTimestamp")),
+            unschedulable_message=unschedulable[:1024] if unschedulable else None,
         )
 
 
@@ -166,6 +176,10 @@ class Observation:
     job_requested: str | None = None
     queued_message: str = "waiting for a free slot under the concurrency limits"
     workspace_claim: str | None = None
+    # Whether a transient image pull failure has lasted past the operator's patience.
+    image_pull_patience_over: bool = True
+    # Set once the agent has not started within the start-up deadline: (reason, message).
+    startup_overdue: tuple[str, str] | None = None
 
 
 def derive_status(task: dict[str, Any], seen: Observation, now: str) -> dict[str, Any]:
@@ -217,6 +231,61 @@ def derive_status(task: dict[str, Any], seen: Observation, now: str) -> dict[str
     return status
 
 
+# Reasons the operator itself fails a running Task for (it then deletes the Job to free the slot).
+STARTUP_FAILURES = frozenset(
+    {"ImagePullFailed", "NoPodCreated", "ContainerConfigError", "Unschedulable", "StartupTimeout"}
+)
+
+
+def waiting_since(job: JobView, pod: PodView | None) -> str:
+    """Since when the agent has been waiting to start: its pod's creation (a retry has a new pod),
+    else the Job's."""
+    return (pod.created if pod is not None else "") or job.created
+
+
+def image_pull_patience_over(pod: PodView, now: float, patience: float) -> bool:
+    """Whether a pull failure that may be transient (a rate limit, a registry outage) has lasted
+    long enough to give up; failures no retry can fix are over at once."""
+    if pod.waiting_reason in PERMANENT_IMAGE_FAILURES:
+        return True
+    return now - _epoch(pod.created) >= patience
+
+
+def startup_overdue(
+    job: JobView, pod: PodView | None, now: float, deadline: float, service_account: str | None = None
+) -> tuple[str, str] | None:
+    """(reason, message) when the agent has not started within ``deadline`` seconds, naming what it
+    waits for; None while it may still start, or once it runs."""
+    if job.finished or job.deleting or (pod is not None and (pod.running or pod.terminated)):
+        return None
+    since = waiting_since(job, pod)
+    if not since or now - _epoch(since) < deadline:
+        return None
+    within = format_duration(deadline)
+    if pod is None:
+        account = f" (does the ServiceAccount {service_account!r} exist?)" if service_account else ""
+        return (
+            "NoPodCreated",
+            f"the Job {job.name} created no pod within {within}{account}; `kubectl describe job {job.name}` "
+            "shows why, e.g. a missing ServiceAccount or a ResourceQuota",
+        )
+    if pod.waiting_reason in CONFIG_FAILURES:
+        detail = pod.waiting_message or pod.waiting_reason
+        return "ContainerConfigError", f"the agent container could not be created within {within}: {detail}"
+    if pod.unschedulable_message:
+        return (
+            "Unschedulable",
+            f"pod {pod.name} could not be scheduled within {within}: {pod.unschedulable_message}",
+        )
+    state = pod.waiting_reason or pod.phase
+    detail = f": {pod.waiting_message}" if pod.waiting_message else ""
+    return "StartupTimeout", f"the agent did not start within {within} ({state}{detail})"
+
+
+def _epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
 def _finished_attempts(job: JobView) -> int:
     return max(job.succeeded + job.failed, 1)
 
@@ -230,9 +299,15 @@ def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
         return FAILED, *_failure(job, pod)
     if spec.get("cancel"):
         return CANCELLED, "Cancelled", "cancelled by spec.cancel; the Job and its pods were deleted"
-    if pod is not None and pod.waiting_reason in IMAGE_PULL_FAILURES:
+    if (
+        pod is not None
+        and pod.waiting_reason in IMAGE_PULL_FAILURES
+        and (pod.waiting_reason in PERMANENT_IMAGE_FAILURES or seen.image_pull_patience_over)
+    ):
         detail = f": {pod.waiting_message}" if pod.waiting_message else ""
         return FAILED, "ImagePullFailed", f"the agent image {pod.image!r} cannot be pulled{detail}"
+    if seen.startup_overdue is not None and not (pod is not None and (pod.running or pod.terminated)):
+        return FAILED, *seen.startup_overdue
     if job is not None or seen.job_requested:
         if pod is not None and pod.running:
             return RUNNING, "Running", f"the agent is running in pod {pod.name}"

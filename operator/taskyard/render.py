@@ -24,6 +24,10 @@ DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"cpu": "1", "memory": "512Mi"},
 }
+# Without a limit, an agent that fills the node's disk is evicted for disk pressure, which the pod
+# failure policy treats as a disruption and retries without end; with one, only the agent is evicted.
+DEFAULT_EPHEMERAL_STORAGE_LIMIT = "4Gi"
+DEFAULT_WORKSPACE_SIZE_LIMIT = "2Gi"
 MANAGED_BY = "taskyard"
 APP_NAME = "taskyard-task"
 
@@ -160,13 +164,22 @@ def _prompt_volume(spec: TaskSpec) -> dict[str, Any]:
     raise ValueError(f"the Task has no prompt; {api.EXACTLY_ONE_PROMPT}")
 
 
-def _workspace_volume(task: TaskRef) -> dict[str, Any]:
+def _resources(agent: AgentSpec) -> dict[str, Any]:
+    resources = copy.deepcopy(agent.resources if agent.resources is not None else DEFAULT_RESOURCES)
+    limits = resources.setdefault("limits", {})
+    limits.setdefault("ephemeral-storage", DEFAULT_EPHEMERAL_STORAGE_LIMIT)
+    return resources
+
+
+def _workspace_volume(
+    task: TaskRef, workspace_size_limit: str = DEFAULT_WORKSPACE_SIZE_LIMIT
+) -> dict[str, Any]:
     if _uses_claim(task.spec):
         return {
             "name": WORKSPACE_VOLUME,
             "persistentVolumeClaim": {"claimName": workspace_claim_name(task.name)},
         }
-    return {"name": WORKSPACE_VOLUME, "emptyDir": {}}
+    return {"name": WORKSPACE_VOLUME, "emptyDir": {"sizeLimit": workspace_size_limit}}
 
 
 def _pod_security_context(agent: AgentSpec) -> dict[str, Any]:
@@ -199,9 +212,7 @@ def _container(task: TaskRef, agent: AgentSpec) -> dict[str, Any]:
     if agent.env_from:
         container["envFrom"] = copy.deepcopy(agent.env_from)
     # Copies, so that whoever edits the returned Job cannot change the parsed spec or the defaults.
-    container["resources"] = copy.deepcopy(
-        agent.resources if agent.resources is not None else DEFAULT_RESOURCES
-    )
+    container["resources"] = _resources(agent)
     container["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -269,7 +280,8 @@ def render_job(
     if priority_class:
         pod_spec["priorityClassName"] = priority_class
     pod_spec["containers"] = [_container(task, agent)]
-    pod_spec["volumes"] = [_workspace_volume(task), _prompt_volume(spec)]
+    size_limit = agent.workspace_size_limit or DEFAULT_WORKSPACE_SIZE_LIMIT
+    pod_spec["volumes"] = [_workspace_volume(task, size_limit), _prompt_volume(spec)]
 
     return {
         "apiVersion": "batch/v1",

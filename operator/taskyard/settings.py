@@ -37,6 +37,10 @@ class OperatorSettings:
     # Finished Tasks without their own spec.ttlSecondsAfterFinished are deleted this long after they
     # finished; None keeps them.
     task_ttl_seconds: float | None = None
+    # A transient image pull failure is retried this long before the Task fails (ImagePullFailed);
+    # an agent that has not started after the start-up deadline fails the Task, naming the cause.
+    image_pull_patience_seconds: float = 300.0
+    startup_deadline_seconds: float = 600.0
     # Back-off of a Task whose reconcile fails: doubling from the base, at most the maximum.
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
@@ -61,6 +65,8 @@ class OperatorSettings:
             resync_seconds=_positive(env, "TASKYARD_RESYNC_SECONDS", 300.0),
             job_retention_seconds=_positive(env, "TASKYARD_JOB_RETENTION_SECONDS", 3600.0, zero_ok=True),
             task_ttl_seconds=_optional_seconds(env, "TASKYARD_TASK_TTL_SECONDS"),
+            image_pull_patience_seconds=_positive(env, "TASKYARD_IMAGE_PULL_PATIENCE_SECONDS", 300.0, True),
+            startup_deadline_seconds=_positive(env, "TASKYARD_STARTUP_DEADLINE_SECONDS", 600.0),
             retry_base_seconds=_positive(env, "TASKYARD_RETRY_BASE_SECONDS", 1.0),
             retry_max_seconds=_positive(env, "TASKYARD_RETRY_MAX_SECONDS", 300.0),
             stall_seconds=_positive(env, "TASKYARD_STALL_SECONDS", 120.0),

@@ -103,15 +103,53 @@ def test_timeout_stops_the_task_with_deadline_exceeded(
     kube.wait_for("the timed-out pod to be gone", lambda: not kube.pods("slow"), timeout=60)
 
 
-def test_image_that_cannot_be_pulled_fails_the_task(kube: Kube, operator: OperatorProcess) -> None:
+def test_image_that_cannot_be_pulled_fails_the_task_once_the_patience_runs_out(
+    kube: Kube, start_operator
+) -> None:
+    start_operator(TASKYARD_IMAGE_PULL_PATIENCE_SECONDS="20")
     kube.create("Agent", "ghost", {"image": "localhost/taskyard/does-not-exist:1", "command": ["true"]})
     kube.create("Task", "unpullable", {"agent": "ghost", "prompt": "anything"})
 
+    # A pull failure may be a registry's rate limit: it is retried for a while first.
+    kube.wait_for(
+        "the pull to back off",
+        lambda: (kube.task("unpullable").get("status") or {}).get("reason") == "ImagePullBackOff",
+        timeout=60,
+    )
+    assert kube.task("unpullable")["status"]["phase"] == "Running"
     task = kube.wait_for_phase("unpullable", "Failed", timeout=120)
 
     assert task["status"]["reason"] == "ImagePullFailed"
     assert "localhost/taskyard/does-not-exist:1" in task["status"]["message"]
     kube.wait_for("the Job of the failed Task to be removed", lambda: not kube.jobs("unpullable"), timeout=60)
+
+
+def test_a_missing_secret_fails_the_task_after_the_startup_deadline_naming_it(
+    kube: Kube, shell_agent: str, start_operator
+) -> None:
+    start_operator(TASKYARD_STARTUP_DEADLINE_SECONDS="15", TASKYARD_MAX_CONCURRENT="1")
+    env = [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "no-such-secret", "key": "token"}}}]
+    kube.create("Task", "unconfigured", {"agent": shell_agent, "prompt": "echo never", "env": env})
+    kube.create("Task", "next", {"agent": shell_agent, "prompt": "echo next", "priority": "low"})
+
+    task = kube.wait_for_phase("unconfigured", "Failed", timeout=120)
+    assert task["status"]["reason"] == "ContainerConfigError"
+    assert "no-such-secret" in task["status"]["message"]
+    kube.wait_for_phase("next", "Succeeded", timeout=120)  # the slot was given back
+
+
+def test_a_missing_service_account_fails_the_task_after_the_startup_deadline(
+    kube: Kube, start_operator
+) -> None:
+    start_operator(TASKYARD_STARTUP_DEADLINE_SECONDS="15")
+    agent = {**SHELL_AGENT, "serviceAccountName": "nobody-made-me"}
+    kube.create("Agent", "lonely", agent)
+    kube.create("Task", "orphaned", {"agent": "lonely", "prompt": "echo never"})
+
+    task = kube.wait_for_phase("orphaned", "Failed", timeout=120)
+    assert task["status"]["reason"] == "NoPodCreated"
+    assert "'nobody-made-me'" in task["status"]["message"]
+    kube.wait_for("the Job to be removed", lambda: not kube.jobs("orphaned"), timeout=60)
 
 
 def test_unknown_agent_waits_pending_until_the_agent_appears(kube: Kube, operator: OperatorProcess) -> None:

@@ -1,5 +1,7 @@
 """Phase derivation: Job and Pod views, the derived Task status, status patches and log tails."""
 
+from datetime import datetime
+
 import pytest
 
 from taskyard.phase import (
@@ -8,7 +10,9 @@ from taskyard.phase import (
     Observation,
     PodView,
     derive_status,
+    image_pull_patience_over,
     newest_pod,
+    startup_overdue,
     status_changes,
     tail_lines,
 )
@@ -306,6 +310,7 @@ def test_job_view_of_a_complete_job():
         start_time=STARTED,
         completion_time=FINISHED,
         deleting=False,
+        created=STARTED,
     )
     assert job.finished
 
@@ -377,7 +382,7 @@ def test_job_just_created_has_no_status_yet():
     body = job_body({})
     del body["status"]
     job = JobView.from_body(body)
-    assert job == JobView(name=TASK_NAME, uid=JOB_UID, owner_uid=TASK_UID)
+    assert job == JobView(name=TASK_NAME, uid=JOB_UID, owner_uid=TASK_UID, created=STARTED)
     assert not job.finished
 
 
@@ -1014,3 +1019,72 @@ def test_attempt_that_ended_before_the_job_decided_stays_running_with_its_exit_c
     assert (status["phase"], status["reason"]) == ("Running", "AttemptEnded")
     assert "exited with code 1" in status["message"]
     assert status["exitCode"] == 1
+
+
+# --- start-up: image pull patience and the start-up deadline ---------------------------------------
+
+
+def _at(timestamp: str, plus: float = 0.0) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() + plus
+
+
+def test_a_transient_pull_failure_is_retried_until_the_patience_runs_out():
+    state = {"waiting": {"reason": "ImagePullBackOff", "message": PULL_BACKOFF_MESSAGE}}
+    pod = pod_view(state, phase="Pending")
+    assert not image_pull_patience_over(pod, _at(pod.created, 299), 300)
+    assert image_pull_patience_over(pod, _at(pod.created, 300), 300)
+    seen = Observation(job=job_view(running_job_status()), pod=pod, image_pull_patience_over=False)
+    status = derive_status(task_body(running_status()), seen, NOW)
+    assert (status["phase"], status["reason"]) == ("Running", "ImagePullBackOff")
+    seen = Observation(job=job_view(running_job_status()), pod=pod, image_pull_patience_over=True)
+    assert derive_status(task_body(running_status()), seen, NOW)["reason"] == "ImagePullFailed"
+
+
+@pytest.mark.parametrize("reason", ["ErrImageNeverPull", "InvalidImageName"])
+def test_a_pull_failure_no_retry_can_fix_fails_at_once(reason):
+    pod = pod_view({"waiting": {"reason": reason}}, phase="Pending")
+    assert image_pull_patience_over(pod, _at(pod.created), 300)
+
+
+def test_no_pod_within_the_deadline_names_the_service_account():
+    job = job_view(running_job_status(active=0))
+    assert startup_overdue(job, None, _at(job.created, 599), 600, "robot") is None
+    reason, message = startup_overdue(job, None, _at(job.created, 600), 600, "robot")
+    assert reason == "NoPodCreated"
+    assert "created no pod within 10m0s" in message and "'robot'" in message
+
+
+def test_a_missing_secret_key_fails_after_the_deadline_naming_it():
+    detail = "couldn't find key token in Secret ns/api-keys"
+    pod = pod_view({"waiting": {"reason": "CreateContainerConfigError", "message": detail}}, phase="Pending")
+    job = job_view(running_job_status())
+    assert startup_overdue(job, pod, _at(pod.created, 10), 600) is None
+    reason, message = startup_overdue(job, pod, _at(pod.created, 601), 600)
+    assert reason == "ContainerConfigError" and detail in message
+    seen = Observation(job=job, pod=pod, startup_overdue=(reason, message))
+    status = derive_status(task_body(running_status()), seen, NOW)
+    assert (status["phase"], status["reason"], status["message"]) == ("Failed", reason, message)
+
+
+def test_an_unschedulable_pod_says_why():
+    body = pod_body({"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
+    body["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+        }
+    ]
+    pod = PodView.from_body(body)
+    job = job_view(running_job_status())
+    reason, message = startup_overdue(job, pod, _at(pod.created, 700), 600)
+    assert reason == "Unschedulable" and "unbound immediate PersistentVolumeClaims" in message
+
+
+def test_a_running_or_finished_agent_is_never_overdue():
+    job = job_view(running_job_status())
+    for state in (RUNNING_STATE, terminated_state(1, "Error")):
+        pod = pod_view(state)
+        assert startup_overdue(job, pod, _at(pod.created, 10_000), 600) is None
+    assert startup_overdue(job_view(complete_job_status()), None, _at(STARTED, 10_000), 600) is None

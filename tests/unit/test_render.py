@@ -225,7 +225,7 @@ def test_pod_is_locked_down_by_default():
     assert agent["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert agent["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
-        "limits": {"cpu": "1", "memory": "512Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "4Gi"},
     }
     assert agent["volumeMounts"] == [
         {"name": "workspace", "mountPath": "/workspace"},
@@ -263,7 +263,7 @@ def test_agent_settings_reach_the_pod():
     assert main["command"] == ["/bin/agent"]
     assert main["args"] == ["--fast"]
     assert main["envFrom"] == [{"secretRef": {"name": "keys"}}]
-    assert main["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert main["resources"] == {"limits": {"nvidia.com/gpu": "1", "ephemeral-storage": "4Gi"}}
 
 
 # Environment
@@ -387,8 +387,15 @@ def test_prompt_from_a_secret():
 def test_workspace_is_an_empty_dir_without_a_size():
     for task in (make_task(), make_task(workspace={"storageClassName": "fast"})):
         job = render_job(task, make_agent(), "coder")
-        assert volume(job, "workspace") == {"name": "workspace", "emptyDir": {}}
+        assert volume(job, "workspace") == {"name": "workspace", "emptyDir": {"sizeLimit": "2Gi"}}
         assert render_workspace_claim(task) is None
+
+
+def test_agent_sets_the_workspace_size_limit_and_its_own_ephemeral_storage_limit():
+    agent = make_agent(workspaceSizeLimit="500Mi", resources={"limits": {"ephemeral-storage": "1Gi"}})
+    job = render_job(make_task(), agent, "coder")
+    assert volume(job, "workspace") == {"name": "workspace", "emptyDir": {"sizeLimit": "500Mi"}}
+    assert container(job)["resources"] == {"limits": {"ephemeral-storage": "1Gi"}}
 
 
 def test_workspace_with_a_size_is_a_claim_owned_by_the_task():
