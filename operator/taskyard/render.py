@@ -27,6 +27,7 @@ DEFAULT_RESOURCES: dict[str, Any] = {
 # Without a limit, an agent that fills the node's disk is evicted for disk pressure, which the pod
 # failure policy treats as a disruption and retries without end; with one, only the agent is evicted.
 DEFAULT_EPHEMERAL_STORAGE_LIMIT = "4Gi"
+DEFAULT_EPHEMERAL_STORAGE_REQUEST = "64Mi"
 DEFAULT_WORKSPACE_SIZE_LIMIT = "2Gi"
 MANAGED_BY = "taskyard"
 APP_NAME = "taskyard-task"
@@ -167,7 +168,13 @@ def _prompt_volume(spec: TaskSpec) -> dict[str, Any]:
 def _resources(agent: AgentSpec) -> dict[str, Any]:
     resources = copy.deepcopy(agent.resources if agent.resources is not None else DEFAULT_RESOURCES)
     limits = resources.setdefault("limits", {})
-    limits.setdefault("ephemeral-storage", DEFAULT_EPHEMERAL_STORAGE_LIMIT)
+    if "ephemeral-storage" not in limits:
+        limits["ephemeral-storage"] = DEFAULT_EPHEMERAL_STORAGE_LIMIT
+        # A limit without a request makes the request equal to it: the scheduler would reserve 4Gi of
+        # disk per agent. Agents rarely need more than their image's writable layer and logs.
+        resources.setdefault("requests", {}).setdefault(
+            "ephemeral-storage", DEFAULT_EPHEMERAL_STORAGE_REQUEST
+        )
     return resources
 
 

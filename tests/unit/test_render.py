@@ -224,7 +224,7 @@ def test_pod_is_locked_down_by_default():
     assert agent["workingDir"] == "/workspace"
     assert agent["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert agent["resources"] == {
-        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "requests": {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
         "limits": {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "4Gi"},
     }
     assert agent["volumeMounts"] == [
@@ -263,7 +263,10 @@ def test_agent_settings_reach_the_pod():
     assert main["command"] == ["/bin/agent"]
     assert main["args"] == ["--fast"]
     assert main["envFrom"] == [{"secretRef": {"name": "keys"}}]
-    assert main["resources"] == {"limits": {"nvidia.com/gpu": "1", "ephemeral-storage": "4Gi"}}
+    assert main["resources"] == {
+        "limits": {"nvidia.com/gpu": "1", "ephemeral-storage": "4Gi"},
+        "requests": {"ephemeral-storage": "64Mi"},  # not the limit: that would reserve 4Gi per agent
+    }
 
 
 # Environment
