@@ -1,5 +1,6 @@
 -- Argo CD health of a taskyard.dev/Task, from the phase the taskyard operator writes to its status.
--- Succeeded: Healthy. Failed: Degraded. Pending, Queued, Running, or no status yet: Progressing.
+-- Succeeded: Healthy. Failed: Degraded. Pending, Queued, Running, Cancelling, or no status yet:
+-- Progressing.
 -- Cancelled: Healthy, with a message that says so (a cancel is a decision, not a fault).
 local hs = {}
 local status = obj.status
@@ -24,7 +25,7 @@ elseif phase == "Failed" then
   hs.status = "Degraded"
 elseif phase == "Cancelled" then
   hs.status = "Healthy"
-elseif phase == "Pending" or phase == "Queued" or phase == "Running" then
+elseif phase == "Pending" or phase == "Queued" or phase == "Running" or phase == "Cancelling" then
   hs.status = "Progressing"
 else
   hs.status = "Unknown"

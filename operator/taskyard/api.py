@@ -46,7 +46,7 @@ Priority = Literal["critical", "high", "medium", "low"]
 # Highest first: the index is the rank the queue sorts by.
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 
-Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
+Phase = Literal["Pending", "Queued", "Running", "Cancelling", "Succeeded", "Failed", "Cancelled"]
 PHASES: tuple[str, ...] = get_args(Phase)
 
 # Anchored alternatives rather than one optional-everything pattern: the schema must reject "" without
@@ -543,7 +543,8 @@ class TaskStatus(_Model):
 
     phase: Phase | None = Field(
         None,
-        description="Pending, Queued, Running, Succeeded, Failed or Cancelled; the last three are final.",
+        description="Pending, Queued, Running, Cancelling, Succeeded, Failed or Cancelled; the last three "
+        "are final.",
     )
     reason: str | None = Field(None, description="CamelCase reason for the current phase.")
     message: str | None = Field(None, description="Human-readable details of the current phase.")

@@ -198,7 +198,9 @@ class Controller:
         # Status as last written, until the watch delivers that write: the operator is the only writer
         # of status, so this is never older than what the cache shows.
         self.written: dict[str, tuple[str, dict[str, Any]]] = {}
-        self.logs_collected_from: dict[str, str] = {}  # uid -> the pod whose output the status shows
+        # uid -> (pod, whether it had ended): the output the status shows. A pod read while it still ran
+        # (salvaged at a cancel) is read once more when it has ended, for what it printed meanwhile.
+        self.logs_collected_from: dict[str, tuple[str, bool]] = {}
         self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
         self.admission_needed = asyncio.Event()
         self.events = EventRecorder(self.api)
@@ -688,7 +690,7 @@ class Controller:
             if pod is not None:  # salvage what the agent wrote before it is stopped
                 fields, _ = await self._collect_logs(task, pods, pod, final=True)
                 extra.update(fields)
-                collected_pod = pod.name
+                collected_pod = (pod.name, pod.terminated)
             await self._delete_job(task.namespace, job.view.name if job else reservation.job_name)  # type: ignore[union-attr]
             self.reserved.pop(task.uid, None)
             reservation = None
@@ -728,12 +730,13 @@ class Controller:
         if (
             pod is not None
             and (pod.terminated or pod.deleting)
-            and pod.name not in (collected_pod, self.logs_collected_from.get(task.uid))
+            and collected_pod is None
+            and self._needs_collecting(task.uid, pod)
         ):
             final = desired.get("phase") in TERMINAL_PHASES
             fields, settled = await self._collect_logs(task, pods, pod, final=final)
             extra.update(fields)
-            collected_pod = pod.name if settled else None
+            collected_pod = (pod.name, pod.terminated) if settled else None
         patch = status_changes(dict(current), desired)
         patch.update(extra)
         if patch:
@@ -754,6 +757,12 @@ class Controller:
             and not (spec.get("workspace") or {}).get("keep", True)
         ):
             await self._delete_claim(task, claim)
+
+    def _needs_collecting(self, uid: str, pod: PodView) -> bool:
+        collected = self.logs_collected_from.get(uid)
+        if collected is None or collected[0] != pod.name:
+            return True
+        return pod.terminated and not collected[1]
 
     def _startup_checks(
         self, task: TaskRecord, job: JobRecord | None, pod: PodView | None, agent: ResolvedAgent | None

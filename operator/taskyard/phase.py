@@ -14,11 +14,11 @@ from typing import Any
 
 from taskyard.api import format_duration
 
-PENDING, QUEUED, RUNNING = "Pending", "Queued", "Running"
+PENDING, QUEUED, RUNNING, CANCELLING = "Pending", "Queued", "Running", "Cancelling"
 SUCCEEDED, FAILED, CANCELLED = "Succeeded", "Failed", "Cancelled"
 TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 # Phases never move to a lower rank: a stale observation cannot take a Task backwards.
-_RANK = {PENDING: 0, QUEUED: 0, RUNNING: 1, SUCCEEDED: 2, FAILED: 2, CANCELLED: 2}
+_RANK = {PENDING: 0, QUEUED: 0, RUNNING: 1, CANCELLING: 1, SUCCEEDED: 2, FAILED: 2, CANCELLED: 2}
 
 # Waiting reasons of a container whose image does not start; the kubelet would retry them forever.
 IMAGE_PULL_FAILURES = frozenset({"ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
@@ -213,6 +213,10 @@ def derive_status(task: dict[str, Any], seen: Observation, now: str) -> dict[str
             status["exitCode"] = pod.exit_code
     if current.get("queuedAt"):
         status["queuedAt"] = current["queuedAt"]
+    # What the Job and pod recorded stays once they are gone (a cancel deletes them before the end).
+    for kept in ("jobName", "podName", "attempts", "startTime", "exitCode", "workspace"):
+        if kept not in status and kept in current:
+            status[kept] = current[kept]
 
     phase, reason, message = _phase_of(spec, seen)
     if phase in TERMINAL_PHASES:
@@ -292,12 +296,20 @@ def _finished_attempts(job: JobView) -> int:
 
 def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
     job, pod = seen.job, seen.pod
-    # A Job that finished before the cancel was seen keeps its outcome: the work was done.
-    if job is not None and job.complete:
+    # A Job that finished before the cancel was seen keeps its outcome: the work was done. One that
+    # is being deleted for the cancel is cancelled, however its agent exits in its grace period.
+    stopped_by_cancel = bool(spec.get("cancel")) and job is not None and job.deleting
+    if job is not None and job.complete and not stopped_by_cancel:
         return SUCCEEDED, "Completed", "the agent finished with exit code 0"
-    if job is not None and job.failed_reason is not None:
+    if job is not None and job.failed_reason is not None and not stopped_by_cancel:
         return FAILED, *_failure(job, pod)
     if spec.get("cancel"):
+        if job is not None or (
+            pod is not None and not pod.terminated and pod.phase not in ("Succeeded", "Failed")
+        ):
+            # The Job is being deleted (foreground: it goes once its pods are gone); its agent has its
+            # grace period, and what it prints meanwhile is still collected.
+            return CANCELLING, "Cancelling", "cancelled by spec.cancel; the agent is being stopped"
         return CANCELLED, "Cancelled", "cancelled by spec.cancel; the Job and its pods were deleted"
     if (
         pod is not None

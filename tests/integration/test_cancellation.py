@@ -99,3 +99,25 @@ def test_deleting_a_queued_task_frees_its_place(kube: Kube, shell_agent: str, st
     task = kube.wait_for_phase("next", "Succeeded", timeout=90)
     assert task["status"]["logTail"] == "next"
     assert not kube.jobs("dropped")
+
+
+def test_cancel_is_two_steps_and_keeps_what_the_agent_printed_in_its_grace_period(
+    kube: Kube, shell_agent: str, operator
+) -> None:
+    script = "trap 'sleep 3; echo cleaning up; exit 0' TERM; echo working; while true; do sleep 1; done"
+    kube.create("Task", "graceful", {"agent": shell_agent, "prompt": script})
+    kube.wait_for(
+        "the agent to run",
+        lambda: (kube.task("graceful").get("status") or {}).get("reason") == "Running",
+        timeout=60,
+    )
+    kube.patch_task("graceful", {"spec": {"cancel": True}})
+
+    stopping = kube.wait_for_phase("graceful", "Cancelling", timeout=30)
+    assert stopping["status"]["reason"] == "Cancelling"
+    task = kube.wait_for_phase("graceful", "Cancelled", timeout=60)
+    # It exited 0 on SIGTERM, but it was stopped by the cancel: Cancelled, not Succeeded.
+    assert task["status"]["reason"] == "Cancelled"
+    assert task["status"]["logTail"] == "working\ncleaning up"
+    assert task["status"]["startTime"] and task["status"]["duration"]
+    assert not kube.jobs("graceful") and not kube.pods("graceful")

@@ -337,4 +337,12 @@ def test_task_status_model_reads_what_the_operator_writes():
     assert status.phase == "Running"
     assert status.attempts == 2
     assert status.conditions[0].last_transition_time == "2024-01-01T00:00:00Z"
-    assert set(api.PHASES) == {"Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"}
+    assert set(api.PHASES) == {
+        "Pending",
+        "Queued",
+        "Running",
+        "Cancelling",
+        "Succeeded",
+        "Failed",
+        "Cancelled",
+    }

@@ -139,8 +139,14 @@ def test_failed_is_degraded_with_the_reason_and_message():
     )
 
 
-def test_cancelled_is_healthy_and_says_so():
-    obj = derived(Observation(job=_job(active=1, deleting=True)), spec={"cancel": True})
+def test_cancelling_progresses_then_cancelled_is_healthy_and_says_so():
+    stopping = derived(Observation(job=_job(active=1, deleting=True)), spec={"cancel": True})
+    assert stopping["status"]["phase"] == "Cancelling"
+    assert health(stopping) == (
+        "Progressing",
+        "Cancelling: cancelled by spec.cancel; the agent is being stopped",
+    )
+    obj = derived(Observation(), spec={"cancel": True})
     assert obj["status"]["phase"] == "Cancelled"
     assert health(obj) == (
         "Healthy",

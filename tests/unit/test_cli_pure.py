@@ -72,6 +72,7 @@ def test_stats_count_phases_rate_and_durations_per_agent_and_in_total() -> None:
         "Pending": 0,
         "Queued": 0,
         "Running": 1,
+        "Cancelling": 0,
         "Succeeded": 2,
         "Failed": 1,
         "Cancelled": 0,

@@ -179,7 +179,15 @@ def test_defaults_reach_the_schema():
 
 def test_status_schema():
     status = _schema("Task")["properties"]["status"]["properties"]
-    assert status["phase"]["enum"] == ["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
+    assert status["phase"]["enum"] == [
+        "Pending",
+        "Queued",
+        "Running",
+        "Cancelling",
+        "Succeeded",
+        "Failed",
+        "Cancelled",
+    ]
     condition = status["conditions"]["items"]
     assert condition["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
     assert condition["properties"]["lastTransitionTime"]["format"] == "date-time"

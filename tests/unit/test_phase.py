@@ -706,13 +706,35 @@ def test_image_pull_failure_without_a_kubelet_message():
     assert status["message"] == f"the agent image '{AGENT_IMAGE}' cannot be pulled"
 
 
-def test_cancelling_a_running_task():
+def test_cancelling_a_running_task_takes_two_steps():
+    # While the Job is being deleted and the agent has its grace period: Cancelling, not yet final.
     seen = Observation(job=job_view(running_job_status()), pod=pod_view(RUNNING_STATE))
     status = derive_status(task_body(running_status(), cancel=True), seen, NOW)
+    message = "cancelled by spec.cancel; the agent is being stopped"
+    assert (status["phase"], status["reason"], status["message"]) == ("Cancelling", "Cancelling", message)
+    assert "completionTime" not in status
+    [condition] = status["conditions"]
+    assert (condition["status"], condition["reason"], condition["message"]) == (
+        "Unknown",
+        "Cancelling",
+        message,
+    )
+    # Once the Job and its pods are gone: Cancelled.
+    status = derive_status(task_body(status, cancel=True), Observation(), NOW)
     message = "cancelled by spec.cancel; the Job and its pods were deleted"
     assert (status["phase"], status["reason"], status["message"]) == ("Cancelled", "Cancelled", message)
     assert (status["completionTime"], status["duration"]) == (NOW, "2m7s")
     assert status["conditions"] == [succeeded_condition("False", "Cancelled", message, NOW)]
+
+
+def test_a_cancelled_agent_that_has_exited_waits_for_its_job_to_go():
+    pod = pod_view(terminated_state(143, "Error"), phase="Failed")
+    seen = Observation(job=job_view(running_job_status(active=0, failed=1)), pod=pod)
+    assert derive_status(task_body(running_status(), cancel=True), seen, NOW)["phase"] == "Cancelling"
+    assert (
+        derive_status(task_body(running_status(), cancel=True), Observation(pod=pod), NOW)["phase"]
+        == "Cancelled"
+    )
 
 
 def test_cancelling_a_queued_task():
@@ -740,7 +762,7 @@ def test_a_job_that_completed_before_the_cancel_stays_succeeded():
 def test_cancel_wins_over_a_failing_image():
     state = {"waiting": {"reason": "ImagePullBackOff", "message": PULL_BACKOFF_MESSAGE}}
     seen = Observation(job=job_view(running_job_status()), pod=pod_view(state, phase="Pending"))
-    assert derive_status(task_body(running_status(), cancel=True), seen, NOW)["phase"] == "Cancelled"
+    assert derive_status(task_body(running_status(), cancel=True), seen, NOW)["phase"] == "Cancelling"
 
 
 # --- derive_status: never backwards, stable times, determinism -----------------------------------
