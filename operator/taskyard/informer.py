@@ -186,7 +186,9 @@ class Informer(Generic[T]):
     async def relist(self) -> str:
         """Lists every object (in pages), replaces this informer's part of the store, and reports
         the changes, deletions included. Returns the list's resourceVersion to watch from."""
-        listed: dict[ObjectKey, tuple[str, dict[str, Any]]] = {}
+        # Each page is projected as it arrives, so a list never holds more than one page of whole
+        # objects: 10,000 pods as records are a few MiB, as parsed bodies a few hundred.
+        listed: dict[ObjectKey, tuple[str, T | None]] = {}
         resource_version = ""
         token: str | None = None
         while True:
@@ -202,7 +204,10 @@ class Informer(Generic[T]):
             for item in response.get("items") or []:
                 item_meta = item.get("metadata") or {}
                 key = (item_meta.get("namespace") or "", item_meta["name"])
-                listed[key] = (item_meta.get("resourceVersion", ""), item)
+                version = item_meta.get("resourceVersion", "")
+                unchanged = key in self._keys and self.store.version(key) == version
+                listed[key] = (version, None if unchanged else self.project(item))
+            del response
             token = meta.get("continue")
             resource_version = meta.get("resourceVersion", resource_version)
             if not token:
@@ -212,19 +217,17 @@ class Informer(Generic[T]):
         self.synced.set()
         return resource_version
 
-    def _replace(self, listed: dict[ObjectKey, tuple[str, dict[str, Any]]]) -> None:
+    def _replace(self, listed: dict[ObjectKey, tuple[str, T | None]]) -> None:
         for key in self._keys - listed.keys():
             old = self.store.delete(key)
             if old is not None:
                 self.on_change(key, old, None)
-        for key, (version, item) in listed.items():
-            if self.store.version(key) == version and key in self._keys:
-                continue  # unchanged since we last saw it
-            self._apply(key, version, item)
+        for key, (version, record) in listed.items():
+            if record is not None:  # None: unchanged since we last saw it
+                self._put(key, version, record)
         self._keys = set(listed)
 
-    def _apply(self, key: ObjectKey, version: str, item: dict[str, Any]) -> None:
-        record = self.project(item)
+    def _put(self, key: ObjectKey, version: str, record: T) -> None:
         old = self.store.put(key, record, version)
         self._keys.add(key)
         self.on_change(key, old, record)
@@ -264,7 +267,7 @@ class Informer(Generic[T]):
                     if old is not None:
                         self.on_change(key, old, None)
                 else:
-                    self._apply(key, resource_version, item)
+                    self._put(key, resource_version, self.project(item))
         finally:
             response.release()
         return resource_version

@@ -53,7 +53,7 @@ MANAGED_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobView:
     """The parts of a batch/v1 Job that decide a Task's phase."""
 
@@ -104,7 +104,7 @@ class JobView:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodView:
     """The parts of a Task's pod (its agent container) that show in the Task status."""
 

@@ -7,6 +7,7 @@ or result: those live in the API server, where the taskyard command and kubectl 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,20 +84,21 @@ def project_task(body: Mapping[str, Any]) -> TaskRecord:
     finished = phase in TERMINAL_PHASES
     fields = _FINISHED_STATUS_FIELDS if finished else MANAGED_FIELDS
     return TaskRecord(
-        namespace=meta.get("namespace") or "",
+        namespace=sys.intern(meta.get("namespace") or ""),
         name=meta["name"],
         uid=meta.get("uid", ""),
         resource_version=meta.get("resourceVersion", ""),
         generation=meta.get("generation", 1),
         created=meta.get("creationTimestamp") or "",
         deleting=bool(meta.get("deletionTimestamp")),
-        agent=str(spec.get("agent", "")),
-        priority=str(spec.get("priority", "medium")),
+        agent=sys.intern(str(spec.get("agent", ""))),
+        priority=sys.intern(str(spec.get("priority", "medium"))),
         cancel=bool(spec.get("cancel")),
         ttl=spec.get("ttlSecondsAfterFinished"),
-        phase=phase,
+        phase=sys.intern(phase) if isinstance(phase, str) else phase,
         spec=None if finished else dict(spec),
-        status={field: status[field] for field in fields if field in status},
+        # Values repeated across thousands of Tasks (phase, reason) are kept once.
+        status={field: _shared(status[field]) for field in fields if field in status},
     )
 
 
@@ -116,9 +118,9 @@ class JobRecord:
 def project_job(body: Mapping[str, Any]) -> JobRecord:
     meta = body["metadata"]
     return JobRecord(
-        namespace=meta.get("namespace") or "",
+        namespace=sys.intern(meta.get("namespace") or ""),
         view=JobView.from_body(dict(body)),
-        agent_ref=(meta.get("annotations") or {}).get(ANNOTATION_AGENT_REF, ""),
+        agent_ref=sys.intern((meta.get("annotations") or {}).get(ANNOTATION_AGENT_REF, "")),
         task_label=(meta.get("labels") or {}).get(LABEL_TASK, ""),
     )
 
@@ -139,11 +141,15 @@ class PodRecord:
 def project_pod(body: Mapping[str, Any]) -> PodRecord:
     meta = body["metadata"]
     return PodRecord(
-        namespace=meta.get("namespace") or "",
+        namespace=sys.intern(meta.get("namespace") or ""),
         view=PodView.from_body(dict(body)),
-        agent_ref=(meta.get("annotations") or {}).get(ANNOTATION_AGENT_REF, ""),
+        agent_ref=sys.intern((meta.get("annotations") or {}).get(ANNOTATION_AGENT_REF, "")),
         task_label=(meta.get("labels") or {}).get(LABEL_TASK, ""),
     )
+
+
+def _shared(value: Any) -> Any:
+    return sys.intern(value) if isinstance(value, str) and len(value) <= 64 else value
 
 
 def project_spec(body: Mapping[str, Any]) -> dict[str, Any]:
