@@ -52,26 +52,39 @@ class OperatorSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
         """Reads TASKYARD_* variables; raises ValueError naming the variable and what it accepts."""
+        # Defaults come from the fields above, so the two can never disagree.
         return cls(
             max_concurrent=_limit(env, "TASKYARD_MAX_CONCURRENT"),
             max_concurrent_per_namespace=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_NAMESPACE"),
             max_concurrent_per_agent=_limit(env, "TASKYARD_MAX_CONCURRENT_PER_AGENT"),
-            aging_seconds=_seconds(env, "TASKYARD_AGING_SECONDS", default=600.0),
-            metrics_port=_port(env, "TASKYARD_METRICS_PORT", default=8000),
-            workers=_count(env, "TASKYARD_WORKERS", default=16),
-            request_timeout_seconds=_positive(env, "TASKYARD_REQUEST_TIMEOUT_SECONDS", 30.0),
-            reconcile_deadline_seconds=_positive(env, "TASKYARD_RECONCILE_DEADLINE_SECONDS", 90.0),
-            log_read_seconds=_positive(env, "TASKYARD_LOG_READ_SECONDS", 20.0),
-            resync_seconds=_positive(env, "TASKYARD_RESYNC_SECONDS", 300.0),
-            job_retention_seconds=_positive(env, "TASKYARD_JOB_RETENTION_SECONDS", 3600.0, zero_ok=True),
+            aging_seconds=_seconds(env, "TASKYARD_AGING_SECONDS", default=cls.aging_seconds),
+            metrics_port=_port(env, "TASKYARD_METRICS_PORT", default=cls.metrics_port),
+            workers=_count(env, "TASKYARD_WORKERS", default=cls.workers),
             task_ttl_seconds=_optional_seconds(env, "TASKYARD_TASK_TTL_SECONDS"),
-            image_pull_patience_seconds=_positive(env, "TASKYARD_IMAGE_PULL_PATIENCE_SECONDS", 300.0, True),
-            startup_deadline_seconds=_positive(env, "TASKYARD_STARTUP_DEADLINE_SECONDS", 600.0),
-            retry_base_seconds=_positive(env, "TASKYARD_RETRY_BASE_SECONDS", 1.0),
-            retry_max_seconds=_positive(env, "TASKYARD_RETRY_MAX_SECONDS", 300.0),
-            stall_seconds=_positive(env, "TASKYARD_STALL_SECONDS", 120.0),
-            sync_deadline_seconds=_positive(env, "TASKYARD_SYNC_DEADLINE_SECONDS", 600.0),
+            **{
+                field: _positive(
+                    env, f"TASKYARD_{field.upper()}", getattr(cls, field), zero_ok=field in _ZERO_OK
+                )
+                for field in _DURATIONS
+            },
         )
+
+
+# Settings in seconds read the same way: TASKYARD_<FIELD NAME>, a finite number more than 0.
+_DURATIONS = (
+    "request_timeout_seconds",
+    "reconcile_deadline_seconds",
+    "log_read_seconds",
+    "resync_seconds",
+    "job_retention_seconds",
+    "image_pull_patience_seconds",
+    "startup_deadline_seconds",
+    "retry_base_seconds",
+    "retry_max_seconds",
+    "stall_seconds",
+    "sync_deadline_seconds",
+)
+_ZERO_OK = {"job_retention_seconds", "image_pull_patience_seconds"}  # 0: at once
 
 
 def _limit(env: Mapping[str, str], name: str) -> int | None:

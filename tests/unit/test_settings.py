@@ -131,3 +131,55 @@ def test_bad_metrics_port_is_reported_with_the_variable_and_what_it_accepts(raw)
     expected = f"TASKYARD_METRICS_PORT={raw!r}: expected a TCP port from 1 to 65535, or 0 to turn it off"
     with pytest.raises(ValueError, match=re.escape(expected)):
         settings(TASKYARD_METRICS_PORT=raw)
+
+
+def test_the_control_loop_settings_have_their_documented_defaults():
+    settings = OperatorSettings.from_env({})
+    assert (settings.workers, settings.request_timeout_seconds, settings.reconcile_deadline_seconds) == (
+        16,
+        30,
+        90,
+    )
+    assert (settings.log_read_seconds, settings.resync_seconds, settings.job_retention_seconds) == (
+        20,
+        300,
+        3600,
+    )
+    assert (settings.image_pull_patience_seconds, settings.startup_deadline_seconds) == (300, 600)
+    assert (settings.retry_base_seconds, settings.retry_max_seconds) == (1, 300)
+    assert (settings.stall_seconds, settings.sync_deadline_seconds, settings.task_ttl_seconds) == (
+        120,
+        600,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "field", "value"),
+    [
+        ("TASKYARD_WORKERS", "4", "workers", 4),
+        ("TASKYARD_REQUEST_TIMEOUT_SECONDS", "2.5", "request_timeout_seconds", 2.5),
+        ("TASKYARD_JOB_RETENTION_SECONDS", "0", "job_retention_seconds", 0.0),
+        ("TASKYARD_TASK_TTL_SECONDS", "86400", "task_ttl_seconds", 86400.0),
+        ("TASKYARD_TASK_TTL_SECONDS", "0", "task_ttl_seconds", 0.0),
+        ("TASKYARD_STARTUP_DEADLINE_SECONDS", "15", "startup_deadline_seconds", 15.0),
+    ],
+)
+def test_control_loop_settings_are_read(name, raw, field, value):
+    assert getattr(OperatorSettings.from_env({name: raw}), field) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("TASKYARD_WORKERS", "0"),
+        ("TASKYARD_WORKERS", "many"),
+        ("TASKYARD_REQUEST_TIMEOUT_SECONDS", "0"),
+        ("TASKYARD_RESYNC_SECONDS", "-1"),
+        ("TASKYARD_STALL_SECONDS", "inf"),
+        ("TASKYARD_TASK_TTL_SECONDS", "a day"),
+    ],
+)
+def test_bad_control_loop_settings_name_the_variable(name, raw):
+    with pytest.raises(ValueError, match=rf"^{name}={raw!r}: expected"):
+        OperatorSettings.from_env({name: raw})
