@@ -465,6 +465,7 @@ def test_stats_count_phases_and_measure_finished_tasks(
         "PENDING",
         "QUEUED",
         "RUNNING",
+        "CANCELLING",
         "SUCCEEDED",
         "FAILED",
         "CANCELLED",
@@ -485,9 +486,9 @@ def test_stats_count_phases_and_measure_finished_tasks(
 
     durations = [seconds(task) for task in finished]
     average, slowest = stats.format_seconds(sum(durations) / 3), stats.format_seconds(max(durations))
-    assert rows["ghost"] == ["2", "1", "0", "0", "0", "0", "1", "n/a", "-", "-"]
-    assert rows["shell"] == ["3", "0", "0", "0", "2", "1", "0", "66.7%", average, slowest]
-    assert rows["TOTAL"] == ["5", "1", "0", "0", "2", "1", "1", "66.7%", average, slowest]
+    assert rows["ghost"] == ["2", "1", "0", "0", "0", "0", "0", "1", "n/a", "-", "-"]
+    assert rows["shell"] == ["3", "0", "0", "0", "0", "2", "1", "0", "66.7%", average, slowest]
+    assert rows["TOTAL"] == ["5", "1", "0", "0", "0", "2", "1", "1", "66.7%", average, slowest]
 
 
 # --- errors ------------------------------------------------------------------------------------------
