@@ -339,6 +339,9 @@ class Controller:
         if not task.finished:
             self.queue.add(task.key)
             return
+        # Nothing of a finished Task is needed in memory beyond its record.
+        for memory in (self.reserved, self.logs_collected_from, self.blocked_until):
+            memory.pop(task.uid, None)
         due = self._tidy_due(task)
         if due is not None:  # a finished Task costs nothing until its clean-up is due
             self.queue.add_after(task.key, due - time.time())

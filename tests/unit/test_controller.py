@@ -354,3 +354,20 @@ def test_liveness_fails_when_work_waits_and_nothing_is_processed():
             await controller.api.close()
 
     run(scenario())
+
+
+def test_a_finished_task_leaves_nothing_behind_in_memory():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            controller = controller_for(fake)
+            add_task(controller, task_body("done", status={"phase": "Running", "jobName": "done"}))
+            controller.logs_collected_from["uid-done"] = ("done-abcde", True)
+            controller.blocked_until["uid-done"] = time.monotonic() + 60
+            final = {"phase": "Succeeded", "jobName": "done", "completionTime": "2026-12-01T10:00:09Z"}
+            add_task(controller, task_body("done", status=final))
+            assert "uid-done" not in controller.logs_collected_from
+            assert "uid-done" not in controller.blocked_until
+            assert len(controller.queue) == 1  # the earlier event; the finished one queues nothing
+            await controller.api.close()
+
+    run(scenario())
