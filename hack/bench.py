@@ -1,25 +1,32 @@
 """`make bench`: what taskyard costs on top of Kubernetes itself, and how it scales.
 
 Runs against the cluster of $KUBECONFIG with the operator out of cluster (``python -m taskyard``), and
-prints figures; it is not a test. Four measurements:
+prints figures; it is not a test. Six measurements:
 
 1. burst  - N Tasks applied as fast as a client can; time until every Task has its Job and a status,
             and apply→Job latency per Task (from watch event receipt times).
 2. floor  - the same N Tasks handled by a minimal controller that only makes the writes no operator
             can avoid (create the Job, one status patch), same client library and concurrency.
             operator / floor is the headline figure.
-3. queue  - N Tasks of mixed priorities under a concurrency limit, real pods that exit at once:
+3. sustained - Tasks applied at a steady rate (20/s for 2 minutes): apply→Job latency while the
+            operator is never idle.
+4. queue  - N Tasks of mixed priorities under a concurrency limit, real pods that exit at once:
             admission-order inversions, the most running at once, Tasks finished per minute.
-4. scale  - N finished Tasks, each with the Job and the pod it had, and a freshly started operator
+5. simulated - 10,000 Tasks at once under a limit of 2,000, their pods run for about a minute on
+            nodes simulated by kwok: the most Jobs active at once, inversions, the operator's CPU
+            and memory.
+6. scale  - N finished Tasks, each with the Job and the pod it had, and a freshly started operator
             (twice: with the Jobs inside the retention period and past it): how soon its cache is
             synced and a new Task admitted, the writes it makes, its memory and CPU.
 
-Burst, floor and scale use an Agent whose pods can never be scheduled (a nodeSelector no node has), so
-the kubelet does no work and the figures are the operator's and the API server's alone; the queue run
-uses real pods. Results go to docs/benchmarks.json (compared with the previous run) and are printed.
+Burst, floor, sustained and scale use an Agent whose pods can never be scheduled (a nodeSelector no
+node has), so the kubelet does no work and the figures are the operator's and the API server's alone;
+the queue run uses real pods, the simulated run pods that kwok plays. Results go to
+docs/benchmarks.json (compared with the previous run) and are printed.
 
-Environment: BENCH_BURST="100,500,1000", BENCH_QUEUE=1000, BENCH_QUEUE_LIMIT=10, BENCH_SCALE="10000",
-BENCH_CONCURRENCY=16, BENCH_ONLY="burst,queue,scale".
+Environment: BENCH_BURST="100,500,1000", BENCH_RATE=20, BENCH_RATE_SECONDS=120, BENCH_QUEUE=1000,
+BENCH_QUEUE_LIMIT=10, BENCH_SIMULATED=10000, BENCH_SIMULATED_LIMIT=2000, BENCH_SIMULATED_NODES=20,
+BENCH_SCALE="10000", BENCH_CONCURRENCY=16, BENCH_ONLY="burst,sustained,queue,simulated,scale".
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,6 +64,15 @@ PARKED_AGENT = {
     "timeout": "2h",
 }
 QUICK_AGENT = {"image": SHELL_IMAGE, "command": ["sh", "/etc/taskyard/prompt"], "timeout": "10m"}
+SIMULATED = "taskyard.dev/bench"  # label and taint of the simulated nodes, value "simulated"
+SIMULATED_AGENT = {
+    "image": SHELL_IMAGE,
+    "command": ["sh", "/etc/taskyard/prompt"],
+    "nodeSelector": {SIMULATED: "simulated"},
+    "tolerations": [{"key": SIMULATED, "operator": "Exists", "effect": "NoSchedule"}],
+    "timeout": "1h",
+}
+KWOK_STAGES = REPO_ROOT / "hack" / "kwok-stages.yaml"
 PRIORITIES = ("critical", "high", "medium", "low")
 DELETES = 'taskyard_api_requests_total{method="DELETE"}'
 
@@ -123,6 +140,40 @@ class Operator:
         self.log.close()
 
 
+class Kwok:
+    """kwok serving the simulated nodes: to the API server, scheduler and Job controller they are
+    nodes like any other, and their pods run and finish without a kubelet (hack/kwok-stages.yaml).
+    Their kubelet endpoint is kwok's own server on loopback, so a log read fails at once instead of
+    waiting for a node that does not exist."""
+
+    def __init__(self) -> None:
+        binary = os.environ.get("TASKYARD_KWOK") or shutil.which("kwok")
+        if not binary:
+            raise RuntimeError("kwok not found: run hack/build-tools.sh kwok (make bench does)")
+        kubeconfig = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
+        self.log = open(REPO_ROOT / ".cluster" / "bench-kwok.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--kubeconfig={kubeconfig}",
+                f"--config={KWOK_STAGES}",
+                f"--manage-nodes-with-label-selector={SIMULATED}=simulated",
+                "--node-ip=127.0.0.1",
+                f"--node-port={free_port()}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
 class Bench:
     def __init__(self, api: client.ApiClient, concurrency: int) -> None:
         self.api = api
@@ -160,19 +211,27 @@ class Bench:
         await self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "agents", body)
 
     async def create_tasks(
-        self, namespace: str, specs: dict[str, dict[str, Any]], status: dict[str, Any] | None = None
+        self,
+        namespace: str,
+        specs: dict[str, dict[str, Any]],
+        status: dict[str, Any] | None = None,
+        rate: float | None = None,
     ) -> dict[str, float]:
-        """Creates the Tasks with bounded concurrency; returns when each create was acknowledged."""
+        """Creates the Tasks with bounded concurrency, as fast as the server takes them or at ``rate``
+        per second; returns when each create was acknowledged."""
         acknowledged: dict[str, float] = {}
         gate = asyncio.Semaphore(self.concurrency)
+        started = time.monotonic()
 
-        async def one(name: str, spec: dict[str, Any]) -> None:
+        async def one(index: int, name: str, spec: dict[str, Any]) -> None:
             body = {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "Task",
                 "metadata": {"name": name},
                 "spec": spec,
             }
+            if rate is not None:
+                await asyncio.sleep(started + index / rate - time.monotonic())
             async with gate:
                 await self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "tasks", body)
                 acknowledged[name] = time.monotonic()
@@ -187,7 +246,7 @@ class Bench:
                         _content_type="application/merge-patch+json",
                     )
 
-        await asyncio.gather(*(one(name, spec) for name, spec in specs.items()))
+        await asyncio.gather(*(one(i, name, spec) for i, (name, spec) in enumerate(specs.items())))
         return acknowledged
 
     async def watch(
@@ -227,6 +286,21 @@ class Bench:
             plural="tasks",
         )
 
+    async def watch_jobs(self, namespace: str, seen: dict[str, float], stop: asyncio.Event) -> None:
+        """Records in ``seen`` when each Task's Job was first seen, until ``stop`` is set."""
+
+        def on_job(kind: str, body: dict[str, Any], at: float) -> None:
+            task = body["metadata"].get("labels", {}).get("taskyard.dev/task")
+            if task:
+                seen.setdefault(task, at)
+
+        await self.watch(self.batch.list_namespaced_job, on_job, stop, namespace=namespace)
+
+    async def start_operator(self, namespace: str, **env: str) -> Operator:
+        operator = Operator(namespace, **env)
+        await self.wait_until("the operator's metrics endpoint", lambda: bool(operator.metrics()), 60)
+        return operator
+
     async def wait_until(
         self, what: str, done: Callable[[], bool], timeout: float, interval: float = 0.05
     ) -> None:
@@ -246,25 +320,17 @@ class Bench:
         status_seen: dict[str, float] = {}
         stop = asyncio.Event()
 
-        def on_job(kind: str, body: dict[str, Any], at: float) -> None:
-            task = body["metadata"].get("labels", {}).get("taskyard.dev/task")
-            if task:
-                job_seen.setdefault(task, at)
-
         def on_task(kind: str, body: dict[str, Any], at: float) -> None:
             if (body.get("status") or {}).get("phase"):
                 status_seen.setdefault(body["metadata"]["name"], at)
 
         watchers = [
-            asyncio.create_task(
-                self.watch(self.batch.list_namespaced_job, on_job, stop, namespace=namespace)
-            ),
+            asyncio.create_task(self.watch_jobs(namespace, job_seen, stop)),
             asyncio.create_task(self.watch_tasks(namespace, on_task, stop)),
         ]
         operator = floor = None
         if controller == "operator":
-            operator = Operator(namespace)
-            await self.wait_until("the operator's metrics endpoint", lambda: bool(operator.metrics()), 60)
+            operator = await self.start_operator(namespace)
         else:
             floor = asyncio.create_task(self.floor_controller(namespace, stop))
         await asyncio.sleep(1)  # watches established
@@ -330,7 +396,43 @@ class Bench:
 
         await self.watch_tasks(namespace, on_task, stop)
 
-    # --- 3: the queue -------------------------------------------------------------------------------
+    # --- 3: a sustained rate ------------------------------------------------------------------------
+
+    async def sustained(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Parked Tasks applied at a steady rate: apply→Job latency while the operator is never idle."""
+        namespace = await self.namespace(f"sustained-{rate:g}")
+        await self.agent(namespace, "parked", PARKED_AGENT)
+        job_seen: dict[str, float] = {}
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self.watch_jobs(namespace, job_seen, stop))
+        operator = await self.start_operator(namespace)
+        await asyncio.sleep(1)  # watch established
+        n = round(rate * seconds)
+        specs = {f"r-{i:05d}": {"agent": "parked", "prompt": "true"} for i in range(n)}
+        started = time.monotonic()
+        acknowledged = await self.create_tasks(namespace, specs, rate=rate)
+        applied = time.monotonic() - started
+        await self.wait_until(f"{n} Jobs", lambda: len(job_seen) >= n, timeout=60 + n)
+        latencies = [job_seen[name] - acknowledged[name] for name in specs]
+        rss, cpu = operator.resources()
+        operator.stop()
+        stop.set()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await self.drop_namespace(namespace)
+        return {
+            "n": n,
+            "rate": rate,
+            "seconds": seconds,
+            "applied_rate": round(n / applied, 1),
+            "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+            "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "latency_max_ms": round(max(latencies) * 1000, 1),
+            "rss_mib": round(rss, 1),
+            "cpu_seconds": round(cpu, 1),
+        }
+
+    # --- 4: the queue -------------------------------------------------------------------------------
 
     async def queue(self, n: int, limit: int) -> dict[str, Any]:
         namespace = await self.namespace(f"queue-{n}")
@@ -355,8 +457,9 @@ class Bench:
             asyncio.create_task(self.watch_tasks(namespace, on_task, stop)),
         ]
         # Aging off: this run checks strict priority order, which aging deliberately relaxes.
-        operator = Operator(namespace, TASKYARD_MAX_CONCURRENT=str(limit), TASKYARD_AGING_SECONDS="0")
-        await self.wait_until("the operator's metrics endpoint", lambda: bool(operator.metrics()), 60)
+        operator = await self.start_operator(
+            namespace, TASKYARD_MAX_CONCURRENT=str(limit), TASKYARD_AGING_SECONDS="0"
+        )
         await asyncio.sleep(1)
         specs = {
             f"q-{i:05d}": {"agent": "quick", "prompt": "true", "priority": PRIORITIES[(i * 7) % 4]}
@@ -372,13 +475,7 @@ class Bench:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
 
-        jobs = (await self.batch.list_namespaced_job(namespace)).items
-        admitted = {
-            j.metadata.labels["taskyard.dev/task"]: datetime.fromisoformat(
-                j.metadata.annotations["taskyard.dev/admitted-at"]
-            ).timestamp()
-            for j in jobs
-        }
+        admitted = await self.admission_times(namespace)
         tasks = (await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "tasks"))["items"]
         failed = sum(1 for t in tasks if t.get("status", {}).get("phase") != "Succeeded")
         # Map acknowledgement times (monotonic) onto the wall clock of the admitted-at annotations.
@@ -389,7 +486,7 @@ class Bench:
         result = {
             "n": n,
             "limit": limit,
-            "jobs": len(jobs),
+            "jobs": len(admitted),
             "failed": failed,
             "inversions": inversions,
             "max_running": max_overlap(intervals),
@@ -399,7 +496,137 @@ class Bench:
         await self.drop_namespace(namespace)
         return result
 
-    # --- 4: scale -------------------------------------------------------------------------------------
+    # --- 5: thousands at once on simulated nodes --------------------------------------------------
+
+    async def simulated_nodes(self, count: int) -> list[str]:
+        names = [f"bench-simulated-{i:03d}" for i in range(count)]
+        capacity = {"cpu": "1k", "memory": "1Ti", "ephemeral-storage": "1Pi", "pods": "1M"}
+        for name in names:
+            node = {
+                "metadata": {"name": name, "labels": {SIMULATED: "simulated"}},
+                "spec": {"taints": [{"key": SIMULATED, "value": "simulated", "effect": "NoSchedule"}]},
+            }
+            with contextlib.suppress(ApiException):
+                await self.core.create_node(node)
+            await self.core.patch_node_status(
+                name, {"status": {"capacity": capacity, "allocatable": capacity}}
+            )
+        return names
+
+    async def simulated(self, n: int, limit: int, nodes: int) -> dict[str, Any]:
+        """N Tasks of mixed priorities at once under a concurrency limit, their pods run for about a
+        minute by kwok on simulated nodes: the limit holds with thousands running, the order holds,
+        and what the operator costs meanwhile."""
+        kwok = Kwok()
+        node_names = await self.simulated_nodes(nodes)
+        namespace = await self.namespace(f"simulated-{n}")
+        await self.agent(namespace, "simulated", SIMULATED_AGENT)
+        job_intervals: dict[str, list[float]] = {}
+        pod_intervals: dict[str, list[float]] = {}
+        final: dict[str, float] = {}
+        stop = asyncio.Event()
+
+        def on_job(kind: str, body: dict[str, Any], at: float) -> None:
+            task = body["metadata"].get("labels", {}).get("taskyard.dev/task")
+            if task:
+                interval = job_intervals.setdefault(task, [at, float("inf")])
+                conditions = (body.get("status") or {}).get("conditions") or []
+                done = any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions)
+                if kind == "DELETED" or done:
+                    interval[1] = min(interval[1], at)
+
+        def on_pod(kind: str, body: dict[str, Any], at: float) -> None:
+            phase = (body.get("status") or {}).get("phase")
+            if phase == "Running":
+                pod_intervals.setdefault(body["metadata"]["name"], [at, float("inf")])
+            interval = pod_intervals.get(body["metadata"]["name"])
+            if interval is not None and (kind == "DELETED" or phase in ("Succeeded", "Failed")):
+                interval[1] = min(interval[1], at)
+
+        def on_task(kind: str, body: dict[str, Any], at: float) -> None:
+            if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                final.setdefault(body["metadata"]["name"], at)
+
+        watchers = [
+            asyncio.create_task(
+                self.watch(self.batch.list_namespaced_job, on_job, stop, namespace=namespace)
+            ),
+            asyncio.create_task(self.watch(self.core.list_namespaced_pod, on_pod, stop, namespace=namespace)),
+            asyncio.create_task(self.watch_tasks(namespace, on_task, stop)),
+        ]
+        operator = await self.start_operator(
+            namespace, TASKYARD_MAX_CONCURRENT=str(limit), TASKYARD_AGING_SECONDS="0"
+        )
+        peak_rss = 0.0
+
+        async def sample_memory() -> None:
+            nonlocal peak_rss
+            while True:
+                peak_rss = max(peak_rss, operator.resources()[0])
+                await asyncio.sleep(1)
+
+        sampler = asyncio.create_task(sample_memory())
+        await asyncio.sleep(1)  # watches established
+        specs = {
+            f"k-{i:05d}": {"agent": "simulated", "prompt": "true", "priority": PRIORITIES[(i * 7) % 4]}
+            for i in range(n)
+        }
+        started = time.monotonic()
+        acknowledged = await self.create_tasks(namespace, specs)
+        await self.wait_until(f"{n} Tasks to finish", lambda: len(final) >= n, timeout=600 + n, interval=1)
+        elapsed = max(final.values()) - started
+        sampler.cancel()
+        rss, cpu = operator.resources()
+        operator.stop()
+        stop.set()
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(sampler, *watchers, return_exceptions=True)
+
+        admitted = await self.admission_times(namespace)
+        tasks = (await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "tasks"))["items"]
+        offset = time.time() - time.monotonic()
+        created = {name: at + offset for name, at in acknowledged.items()}
+        result = {
+            "n": n,
+            "limit": limit,
+            "nodes": nodes,
+            "jobs": len(admitted),
+            "not_succeeded": sum(1 for t in tasks if t.get("status", {}).get("phase") != "Succeeded"),
+            "max_active_jobs": max_overlap([tuple(i) for i in job_intervals.values()]),
+            "max_running_pods": max_overlap([tuple(i) for i in pod_intervals.values()]),
+            "inversions": count_inversions(specs, created, admitted, grace=1.0),
+            "tasks_per_minute": round(n / elapsed * 60, 1),
+            "seconds": round(elapsed, 1),
+            "operator_cpu_seconds": round(cpu, 1),
+            "operator_cpu_share": round(cpu / (time.monotonic() - operator.started), 2),
+            "operator_rss_mib": round(rss, 1),
+            "operator_peak_rss_mib": round(max(peak_rss, rss), 1),
+        }
+        await self.drop_namespace(namespace)  # while kwok still runs: it lets deleted pods go
+        for name in node_names:
+            with contextlib.suppress(ApiException):
+                await self.core.delete_node(name)
+        kwok.stop()
+        return result
+
+    async def admission_times(self, namespace: str) -> dict[str, float]:
+        """When each Task of the namespace was admitted (its Job's annotation), read page by page."""
+        admitted: dict[str, float] = {}
+        token = None
+        while True:
+            page = await self.batch.list_namespaced_job(namespace, limit=500, _continue=token)
+            for job in page.items:
+                stamp = (job.metadata.annotations or {}).get("taskyard.dev/admitted-at")
+                if stamp:
+                    admitted[job.metadata.labels["taskyard.dev/task"]] = datetime.fromisoformat(
+                        stamp
+                    ).timestamp()
+            token = page.metadata._continue
+            if not token:
+                return admitted
+
+    # --- 6: scale -------------------------------------------------------------------------------------
 
     async def parked_node(self) -> str:
         """A Node object no kubelet serves: pods bound to it are never run, and stay as written."""
@@ -570,13 +797,15 @@ def count_inversions(
     """Admissions that went ahead of a higher-priority Task that had been waiting at least ``grace`` s."""
     rank = {name: PRIORITIES.index(spec["priority"]) for name, spec in specs.items()}
     order = sorted(admitted, key=admitted.get)
+    # Walking from the last admission back, the earliest creation time of any later-admitted Task
+    # per priority: linear, where comparing every pair would be quadratic at 10,000 Tasks.
+    earliest_later = [float("inf")] * len(PRIORITIES)
     inversions = 0
-    for position, name in enumerate(order):
+    for name in reversed(order):
         at = admitted[name]
-        for later in order[position + 1 :]:
-            if rank[later] < rank[name] and created[later] + grace <= at:
-                inversions += 1
-                break
+        if any(earliest_later[higher] + grace <= at for higher in range(rank[name])):
+            inversions += 1
+        earliest_later[rank[name]] = min(earliest_later[rank[name]], created[name])
     return inversions
 
 
@@ -634,14 +863,23 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 async def main() -> int:
     await config.load_kube_config()
-    only = set(os.environ.get("BENCH_ONLY", "burst,queue,scale").split(","))
+    only = set(os.environ.get("BENCH_ONLY", "burst,sustained,queue,simulated,scale").split(","))
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
     results["modes"] = {
         "burst": "real API server and controllers; pods never scheduled (no kubelet work)",
+        "sustained": "as burst, Tasks applied at a steady rate",
         "queue": "real API server, controllers, scheduler and kubelet; real pods",
+        "simulated": "real API server, controllers and scheduler; nodes and their pods simulated by kwok",
         "scale": "real API server and controllers; finished Tasks with their Jobs and pods "
         "(the pods bound to a node no kubelet serves)",
     }
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+    def keep() -> None:
+        """Writes what is measured so far over the previous file (a partial run, with BENCH_ONLY, replaces
+        only its sections), after every section, so that an interrupted run keeps what it measured."""
+        RESULTS.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
+
     async with client.ApiClient() as api:
         bench = Bench(api, int(os.environ.get("BENCH_CONCURRENCY", "16")))
         if "burst" in only:
@@ -660,6 +898,20 @@ async def main() -> int:
                     f"(p50 {floor['latency_p50_ms']} ms) -> operator/floor {ratio}",
                     flush=True,
                 )
+                keep()
+        if "sustained" in only:
+            rate = float(os.environ.get("BENCH_RATE", "20"))
+            sustained = await bench.sustained(rate, float(os.environ.get("BENCH_RATE_SECONDS", "120")))
+            results["sustained"] = sustained
+            print(
+                f"sustained {rate:g} Tasks/s for {sustained['seconds']:g}s ({sustained['n']} Tasks, "
+                f"applied at "
+                f"{sustained['applied_rate']}/s): apply→Job p50 {sustained['latency_p50_ms']} ms, "
+                f"p99 {sustained['latency_p99_ms']} ms, max {sustained['latency_max_ms']} ms; "
+                f"RSS {sustained['rss_mib']} MiB, CPU {sustained['cpu_seconds']}s",
+                flush=True,
+            )
+            keep()
         if "queue" in only:
             queue = await bench.queue(
                 int(os.environ.get("BENCH_QUEUE", "1000")), int(os.environ.get("BENCH_QUEUE_LIMIT", "10"))
@@ -671,6 +923,26 @@ async def main() -> int:
                 f"{queue['jobs']} Jobs, {queue['failed']} not Succeeded",
                 flush=True,
             )
+            keep()
+        if "simulated" in only:
+            simulated = await bench.simulated(
+                int(os.environ.get("BENCH_SIMULATED", "10000")),
+                int(os.environ.get("BENCH_SIMULATED_LIMIT", "2000")),
+                int(os.environ.get("BENCH_SIMULATED_NODES", "20")),
+            )
+            results["simulated"] = simulated
+            print(
+                f"simulated N={simulated['n']} limit {simulated['limit']} on {simulated['nodes']} "
+                f"kwok nodes: "
+                f"at most {simulated['max_active_jobs']} Jobs active and "
+                f"{simulated['max_running_pods']} pods "
+                f"running at once, {simulated['inversions']} inversions, {simulated['tasks_per_minute']} "
+                f"Tasks/min, {simulated['not_succeeded']} not Succeeded; operator CPU "
+                f"{simulated['operator_cpu_seconds']}s ({simulated['operator_cpu_share']} of a core), RSS "
+                f"{simulated['operator_rss_mib']} MiB (peak {simulated['operator_peak_rss_mib']})",
+                flush=True,
+            )
+            keep()
         if "scale" in only:
             results["scale"] = []
             for n in env_list("BENCH_SCALE", "10000"):
@@ -684,14 +956,11 @@ async def main() -> int:
                         f"CPU {scale['cpu_seconds']}s",
                         flush=True,
                     )
-    if RESULTS.exists():
-        previous = json.loads(RESULTS.read_text())
-        changes = compare(previous, results)
-        if changes:
-            print("compared with the previous run:\n" + "\n".join(changes))
-        # A partial run (BENCH_ONLY) replaces only the sections it measured.
-        results = {**previous, **results}
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+                    keep()
+    changes = compare(previous, results)
+    if changes:
+        print("compared with the previous run:\n" + "\n".join(changes))
+    keep()
     print(f"raw results: {RESULTS.relative_to(REPO_ROOT)}")
     return 0
 

@@ -10,6 +10,8 @@ if [[ -z "${KUBECONFIG:-}" ]] || ! kubectl --request-timeout=5s get --raw /ready
   "$REPO_ROOT/hack/cluster-up.sh"
   export KUBECONFIG="$KUBECONFIG_PATH"
 fi
+"$REPO_ROOT/hack/build-tools.sh" kwok
+export TASKYARD_KWOK="$KWOK_BIN/kwok"
 kubectl apply --server-side --force-conflicts -f "$REPO_ROOT/crds/" >/dev/null
 kubectl wait --for=condition=Established crd/tasks.taskyard.dev --timeout=60s >/dev/null
 mkdir -p "$CLUSTER_DIR"

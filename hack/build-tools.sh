@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the non-Kubernetes binaries of the local cluster through the Go module proxy:
-# etcd, helm and the local-path provisioner (dynamic PVCs). Each is cached by version.
+# etcd, helm and the local-path provisioner (dynamic PVCs); with the argument `kwok`, only kwok
+# (simulated nodes for the benchmark). Each is cached by version.
 source "$(dirname "$0")/lib.sh"
 ensure_go_env
 
@@ -19,6 +20,11 @@ build_with_wrapper() {
   printf 'module taskyard.dev/local-cluster/%s\n\ngo 1.24.0\n\nrequire %s %s\n' "$binary" "$module" "$version" >"$work/go.mod"
   (cd "$work" && GOFLAGS="$GOFLAGS -mod=mod" go build -trimpath -ldflags "-s -w" -o "$dest/$binary" "$package")
 }
+
+if [[ "${1:-}" == kwok ]]; then
+  build_with_wrapper "$KWOK_BIN" sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok
+  exit 0
+fi
 
 build_with_wrapper "$ETCD_BIN" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 etcd
 build_with_wrapper "$HELM_BIN" helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm

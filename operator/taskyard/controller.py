@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -559,7 +559,9 @@ class Controller:
         job = render_job(ref, agent_spec, reservation.agent.name, priority_class)
         annotations = job["metadata"].setdefault("annotations", {})
         annotations[ANNOTATION_AGENT_REF] = reservation.agent.ref
-        annotations[ANNOTATION_ADMITTED_AT] = datetime.now(UTC).isoformat(timespec="microseconds")
+        # The moment of the admission decision, not of this create: a worker can reach it seconds later.
+        admitted_at = datetime.now(UTC) - timedelta(seconds=time.monotonic() - reservation.at)
+        annotations[ANNOTATION_ADMITTED_AT] = admitted_at.isoformat(timespec="microseconds")
         job["spec"]["template"]["metadata"].setdefault("annotations", {})[ANNOTATION_AGENT_REF] = (
             reservation.agent.ref
         )

@@ -371,3 +371,33 @@ def test_a_finished_task_leaves_nothing_behind_in_memory():
             await controller.api.close()
 
     run(scenario())
+
+
+def test_admitted_at_is_when_admission_decided_not_when_the_job_was_created():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("late")
+            fake.route(CONFIG_MAPS, created())
+            jobs: list[dict] = []
+
+            async def create_job(request: web.Request) -> web.StreamResponse:
+                body = json.loads(await request.read())
+                jobs.append(body)
+                body["metadata"]["uid"] = "uid-job"
+                return web.json_response(body, status=201)
+
+            fake.route(JOBS, create_job)
+            controller = controller_for(fake)
+            add_task(controller, task_body("late"))
+            [key] = controller.admit()
+            decided = time.time()
+            controller.reserved["uid-late"].at -= 5  # as if the worker reached it five seconds later
+            await controller.reconcile(key)
+            [job] = jobs
+            stamp = datetime.fromisoformat(job["metadata"]["annotations"]["taskyard.dev/admitted-at"])
+            assert decided - 6 < stamp.timestamp() < decided - 4
+            await controller.api.close()
+
+    run(scenario())
