@@ -714,7 +714,7 @@ class Controller:
             job_requested=requested if job is None else None,
             queued_message=self._queued_message(task),
             workspace_claim=claim if (job is not None or requested) else None,
-            **self._startup_checks(task, job, pod, agent),
+            **self._startup_checks(task, job, pod, agent, claim),
         )
         if job is not None and job.view.finished and pod is not None and not pod.terminated:
             # The Job's final event can overtake its pod's: read the pod itself for the exit code and logs.
@@ -773,7 +773,12 @@ class Controller:
         return pod.terminated and not collected[1]
 
     def _startup_checks(
-        self, task: TaskRecord, job: JobRecord | None, pod: PodView | None, agent: ResolvedAgent | None
+        self,
+        task: TaskRecord,
+        job: JobRecord | None,
+        pod: PodView | None,
+        agent: ResolvedAgent | None,
+        claim: str | None,
     ) -> dict[str, Any]:
         """The start-up deadline and the image-pull patience for a Job whose agent has not started;
         the Task is looked at again when either runs out, whatever the watches say."""
@@ -783,7 +788,7 @@ class Controller:
         account = (agent.spec.get("serviceAccountName") if agent is not None else None) or None
         checks: dict[str, Any] = {
             "startup_overdue": startup_overdue(
-                job.view, pod, now, self.settings.startup_deadline_seconds, account
+                job.view, pod, now, self.settings.startup_deadline_seconds, account, claim
             )
         }
         due = [_epoch(waiting_since(job.view, pod)) + self.settings.startup_deadline_seconds]

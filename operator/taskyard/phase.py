@@ -256,10 +256,16 @@ def image_pull_patience_over(pod: PodView, now: float, patience: float) -> bool:
 
 
 def startup_overdue(
-    job: JobView, pod: PodView | None, now: float, deadline: float, service_account: str | None = None
+    job: JobView,
+    pod: PodView | None,
+    now: float,
+    deadline: float,
+    service_account: str | None = None,
+    claim: str | None = None,
 ) -> tuple[str, str] | None:
     """(reason, message) when the agent has not started within ``deadline`` seconds, naming what it
-    waits for; None while it may still start, or once it runs."""
+    waits for (its ServiceAccount, a Secret, its workspace claim); None while it may still start, or
+    once it runs."""
     if job.finished or job.deleting or (pod is not None and (pod.running or pod.terminated)):
         return None
     since = waiting_since(job, pod)
@@ -277,9 +283,16 @@ def startup_overdue(
         detail = pod.waiting_message or pod.waiting_reason
         return "ContainerConfigError", f"the agent container could not be created within {within}: {detail}"
     if pod.unschedulable_message:
+        unbound = ""
+        if claim and "PersistentVolumeClaim" in pod.unschedulable_message:
+            # The scheduler says a claim is unbound but not which: the Task's is the only one.
+            unbound = (
+                f"; the workspace claim {claim} is not bound (`kubectl describe pvc {claim}` says why, "
+                "e.g. a StorageClass that does not exist)"
+            )
         return (
             "Unschedulable",
-            f"pod {pod.name} could not be scheduled within {within}: {pod.unschedulable_message}",
+            f"pod {pod.name} could not be scheduled within {within}: {pod.unschedulable_message}{unbound}",
         )
     state = pod.waiting_reason or pod.phase
     detail = f": {pod.waiting_message}" if pod.waiting_message else ""

@@ -152,6 +152,19 @@ def test_a_missing_service_account_fails_the_task_after_the_startup_deadline(
     kube.wait_for("the Job to be removed", lambda: not kube.jobs("orphaned"), timeout=60)
 
 
+def test_an_unbindable_workspace_claim_fails_the_task_after_the_startup_deadline_naming_it(
+    kube: Kube, shell_agent: str, start_operator
+) -> None:
+    start_operator(TASKYARD_STARTUP_DEADLINE_SECONDS="15")
+    workspace = {"size": "1Gi", "storageClassName": "no-such-class"}
+    kube.create("Task", "unbound", {"agent": shell_agent, "prompt": "echo never", "workspace": workspace})
+
+    task = kube.wait_for_phase("unbound", "Failed", timeout=120)
+    assert task["status"]["reason"] == "Unschedulable"
+    assert "the workspace claim unbound-workspace is not bound" in task["status"]["message"]
+    kube.wait_for("the Job to be removed", lambda: not kube.jobs("unbound"), timeout=60)
+
+
 def test_unknown_agent_waits_pending_until_the_agent_appears(kube: Kube, operator: OperatorProcess) -> None:
     kube.create("Task", "early", {"agent": "late-agent", "prompt": "echo finally"})
 

@@ -1102,6 +1102,9 @@ def test_an_unschedulable_pod_says_why():
     job = job_view(running_job_status())
     reason, message = startup_overdue(job, pod, _at(pod.created, 700), 600)
     assert reason == "Unschedulable" and "unbound immediate PersistentVolumeClaims" in message
+    assert "workspace claim" not in message  # no claim of the Task's to blame
+    _, message = startup_overdue(job, pod, _at(pod.created, 700), 600, claim="t-workspace")
+    assert "the workspace claim t-workspace is not bound" in message
 
 
 def test_a_running_or_finished_agent_is_never_overdue():
