@@ -42,8 +42,8 @@ run: ## Run the operator against the current kube context (applies the CRDs firs
 
 .PHONY: lint
 lint: ## ruff lint and format check
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests hack agents
+	$(VENV)/bin/ruff format --check operator tests hack agents
 
 .PHONY: test
 test: ## Install what is needed, start a fresh local cluster, run every test tier, tear down

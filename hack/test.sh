@@ -7,8 +7,8 @@ source "$(dirname "$0")/lib.sh"
 
 "$REPO_ROOT/hack/install-deps.sh"
 log "lint and generated files"
-"$VENV/bin/ruff" check "$REPO_ROOT/operator" "$REPO_ROOT/tests" "$REPO_ROOT/hack"
-"$VENV/bin/ruff" format --check "$REPO_ROOT/operator" "$REPO_ROOT/tests" "$REPO_ROOT/hack"
+"$VENV/bin/ruff" check "$REPO_ROOT/operator" "$REPO_ROOT/tests" "$REPO_ROOT/hack" "$REPO_ROOT/agents"
+"$VENV/bin/ruff" format --check "$REPO_ROOT/operator" "$REPO_ROOT/tests" "$REPO_ROOT/hack" "$REPO_ROOT/agents"
 
 "$REPO_ROOT/hack/cluster-down.sh"
 if [[ "${TASKYARD_KEEP_CLUSTER:-0}" != 1 ]]; then

@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""taskyard-agent: the one entrypoint of every coding-agent image.
+
+    taskyard-agent <cli> [extra CLI arguments...]        cli: claude-code, gemini-cli, codex, opencode
+
+It prepares /workspace (clones the Task's repository when one is given), runs the CLI
+non-interactively with the prompt file on its standard input (never as an argument: a prompt of any
+size, or one that starts with "-", reaches the model as written), turns the CLI's machine-readable
+event stream into readable log lines, stops the CLI when a limit of the Task is passed, and at the end
+commits and pushes the agent's changes when asked and writes a result record (JSON) where Kubernetes
+keeps a container's termination message, for the operator to put in the Task's status.
+
+Everything comes from the environment the operator renders into the pod:
+
+    TASKYARD_PROMPT_FILE       the prompt (default /etc/taskyard/prompt)
+    TASKYARD_RESULT_FILE       where the result record goes (default /dev/termination-log)
+    TASKYARD_WORKSPACE         the working directory (default /workspace)
+    TASK_MODEL                 the model, passed to the CLI's model option when set
+    TASKYARD_MAX_TURNS, TASKYARD_MAX_TOKENS, TASKYARD_MAX_COST_USD     limits; unset means none
+    TASKYARD_REPO_URL, TASKYARD_REPO_REF, TASKYARD_REPO_BRANCH, TASKYARD_REPO_PUSH ("true")
+    TASKYARD_GIT_CREDENTIALS   a directory with the repository's Secret: `token` (HTTPS) or
+                               `ssh-privatekey` (SSH), and optionally `known_hosts`
+    TASKYARD_TASK              the Task's name, for the commit message
+
+Exit codes: the CLI's own, or EXIT_SETUP_FAILED (the workspace could not be prepared, the prompt is
+missing, the CLI is not there) or EXIT_LIMIT_REACHED (a limit of the Task stopped the agent). The
+agent presets mark both as not worth a retry.
+
+Standard library only: it runs in every agent image, whatever else is installed there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+EXIT_SETUP_FAILED = 120
+EXIT_LIMIT_REACHED = 121
+RESULT_LIMIT_BYTES = 4096  # what the kubelet keeps of a termination message
+SUMMARY_LIMIT_CHARS = 2000
+TOOL_DETAIL_CHARS = 160
+STOP_GRACE_SECONDS = 10
+
+
+class SetupFailed(Exception):
+    """The agent could not be started: its message is the Task's."""
+
+
+# --- what the CLIs report, in one shape ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    turns: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "turns": self.turns,
+        }
+        if self.cost_usd is not None:
+            record["costUSD"] = round(self.cost_usd, 6)
+        return record
+
+
+@dataclasses.dataclass(slots=True)
+class Text:
+    """Something the model said."""
+
+    text: str
+
+
+@dataclasses.dataclass(slots=True)
+class ToolCall:
+    name: str
+    detail: str
+
+
+@dataclasses.dataclass(slots=True)
+class ToolOutput:
+    text: str
+    error: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class Final:
+    """The CLI's last word: its answer, and whether it ended in an error."""
+
+    summary: str
+    error: str | None = None
+
+
+Event = Text | ToolCall | ToolOutput | Final
+
+
+@dataclasses.dataclass(slots=True)
+class Limits:
+    max_turns: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Limits:
+        def number(name: str, kind: Callable[[str], Any]) -> Any:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return None
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SetupFailed(f"{name}={raw!r} is not a number") from None
+            if value <= 0:
+                raise SetupFailed(f"{name}={raw!r} must be greater than 0")
+            return value
+
+        return cls(
+            number("TASKYARD_MAX_TURNS", int),
+            number("TASKYARD_MAX_TOKENS", int),
+            number("TASKYARD_MAX_COST_USD", float),
+        )
+
+    def passed(self, usage: Usage) -> str | None:
+        """The limit ``usage`` has gone past, as the Task names it, or None."""
+        if self.max_turns is not None and usage.turns > self.max_turns:
+            return f"maxTurns: {usage.turns} turns, more than the limit of {self.max_turns}"
+        if self.max_tokens is not None and usage.tokens > self.max_tokens:
+            return f"maxTokens: {usage.tokens} tokens, more than the limit of {self.max_tokens}"
+        if (
+            self.max_cost_usd is not None
+            and usage.cost_usd is not None
+            and usage.cost_usd > self.max_cost_usd
+        ):
+            return f"maxCostUSD: ${usage.cost_usd:.4f}, more than the limit of ${self.max_cost_usd:g}"
+        return None
+
+
+# --- one adapter per CLI: its command line and its event stream ---------------------------------------
+
+
+class Adapter:
+    """How one CLI is run and how its stream of JSON lines reads. ``parse`` takes one decoded line and
+    the running usage (which it updates) and returns what the line said."""
+
+    binary: str = ""
+
+    def command(self, model: str | None, extra: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def parse(self, event: dict[str, Any], usage: Usage) -> list[Event]:
+        raise NotImplementedError
+
+
+def _short(value: Any, limit: int = TOOL_DETAIL_CHARS) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _content_text(content: Any) -> str:
+    """The text of a message content that is a string or a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            block.get("text", "")
+            for block in content
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+    return ""
+
+
+class ClaudeCode(Adapter):
+    """`claude -p --output-format stream-json --verbose`: one JSON object per line, of type system
+    (start), assistant (a model message: text and tool_use blocks, with its usage), user (tool_result
+    blocks) and result (the answer, total cost, usage and turns; subtype error_* when it failed)."""
+
+    binary = "claude"
+
+    def command(self, model: str | None, extra: list[str]) -> list[str]:
+        argv = [self.binary, "-p", "--output-format", "stream-json", "--verbose"]
+        argv += ["--dangerously-skip-permissions"]
+        if model:
+            argv += ["--model", model]
+        return argv + extra
+
+    def parse(self, event: dict[str, Any], usage: Usage) -> list[Event]:
+        kind = event.get("type")
+        message = event.get("message") or {}
+        if kind == "assistant":
+            usage.turns += 1
+            tokens = message.get("usage") or {}
+            usage.input_tokens += _int(tokens.get("input_tokens")) + _int(
+                tokens.get("cache_read_input_tokens")
+            )
+            usage.input_tokens += _int(tokens.get("cache_creation_input_tokens"))
+            usage.output_tokens += _int(tokens.get("output_tokens"))
+            said: list[Event] = []
+            for block in message.get("content") or []:
+                if block.get("type") == "text" and block.get("text"):
+                    said.append(Text(block["text"]))
+                elif block.get("type") == "tool_use":
+                    said.append(ToolCall(block.get("name", "?"), _short(block.get("input", {}))))
+            return said
+        if kind == "user":
+            return [
+                ToolOutput(_short(_content_text(block.get("content"))), bool(block.get("is_error")))
+                for block in message.get("content") or []
+                if isinstance(block, dict) and block.get("type") == "tool_result"
+            ]
+        if kind == "result":
+            totals = event.get("usage") or {}
+            if totals:  # the CLI's own totals replace what was summed from the messages
+                usage.input_tokens = (
+                    _int(totals.get("input_tokens"))
+                    + _int(totals.get("cache_read_input_tokens"))
+                    + _int(totals.get("cache_creation_input_tokens"))
+                )
+                usage.output_tokens = _int(totals.get("output_tokens"))
+            if isinstance(event.get("total_cost_usd"), int | float):
+                usage.cost_usd = float(event["total_cost_usd"])
+            if isinstance(event.get("num_turns"), int):
+                usage.turns = max(usage.turns, event["num_turns"])
+            failed = event.get("is_error") or str(event.get("subtype", "success")) != "success"
+            error = str(event.get("subtype") or "error") if failed else None
+            return [Final(str(event.get("result") or ""), error)]
+        return []
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+ADAPTERS: dict[str, type[Adapter]] = {"claude-code": ClaudeCode}
+
+
+# --- the workspace: clone before, commit and push after -------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Repository:
+    url: str
+    ref: str | None
+    branch: str | None
+    push: bool
+    credentials: Path | None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Repository | None:
+        url = env.get("TASKYARD_REPO_URL", "").strip()
+        if not url:
+            return None
+        credentials = env.get("TASKYARD_GIT_CREDENTIALS", "").strip()
+        return cls(
+            url=url,
+            ref=env.get("TASKYARD_REPO_REF", "").strip() or None,
+            branch=env.get("TASKYARD_REPO_BRANCH", "").strip() or None,
+            push=env.get("TASKYARD_REPO_PUSH", "").strip().lower() == "true",
+            credentials=Path(credentials) if credentials else None,
+        )
+
+
+class Git:
+    """git in the workspace, with the Task's credentials and nothing of the image's configuration."""
+
+    def __init__(self, workspace: Path, repository: Repository, home: Path) -> None:
+        self.workspace = workspace
+        self.repository = repository
+        self.env = {
+            **os.environ,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "HOME": str(home),
+            "GIT_AUTHOR_NAME": os.environ.get("GIT_AUTHOR_NAME", "taskyard"),
+            "GIT_AUTHOR_EMAIL": os.environ.get("GIT_AUTHOR_EMAIL", "agent@taskyard.dev"),
+        }
+        self.env["GIT_COMMITTER_NAME"] = self.env["GIT_AUTHOR_NAME"]
+        self.env["GIT_COMMITTER_EMAIL"] = self.env["GIT_AUTHOR_EMAIL"]
+        self.options: list[str] = ["-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main"]
+        secret = repository.credentials
+        if secret is not None and (secret / "token").is_file():
+            # The token never reaches a command line or the remote URL: git asks this helper for it.
+            token = shlex.quote(str(secret / "token"))
+            helper = (
+                f"!f() {{ echo username=x-access-token; printf 'password=%s\\n' \"$(cat {token})\"; }}; f"
+            )
+            self.options += ["-c", f"credential.helper={helper}"]
+        if secret is not None and (secret / "ssh-privatekey").is_file():
+            key = home / ".ssh-key"
+            key.write_bytes((secret / "ssh-privatekey").read_bytes())
+            key.chmod(0o600)  # ssh refuses a key others can read; a Secret volume's mode may allow that
+            known_hosts = secret / "known_hosts"
+            # Host keys from the Secret when it has them; else the first key seen is trusted.
+            hosts, checking = (
+                (known_hosts, "yes") if known_hosts.is_file() else (home / "known_hosts", "accept-new")
+            )
+            checking = f"-o UserKnownHostsFile={shlex.quote(str(hosts))} -o StrictHostKeyChecking={checking}"
+            self.env["GIT_SSH_COMMAND"] = f"ssh -i {shlex.quote(str(key))} -o IdentitiesOnly=yes {checking}"
+
+    def run(self, *args: str, check: bool = True) -> str:
+        done = subprocess.run(
+            ["git", *self.options, *args],
+            cwd=self.workspace,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=600,
+        )
+        if check and done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise SetupFailed(f"git {args[0]} failed: {' / '.join(detail) or f'exit code {done.returncode}'}")
+        return done.stdout.strip()
+
+    def prepare(self) -> str:
+        """Clones the repository into the workspace (or, on a retry over a kept workspace, reuses the
+        clone), checks out the ref and the work branch. Returns the commit the agent starts from."""
+        repository = self.repository
+        if (self.workspace / ".git").is_dir():
+            self.run("fetch", "--quiet", "origin")
+        elif any(self.workspace.iterdir()):
+            raise SetupFailed(f"{self.workspace} is not empty and is not a clone of {repository.url}")
+        else:
+            self.run("clone", "--quiet", "--no-checkout", repository.url, ".")
+        if repository.ref:
+            self.run("fetch", "--quiet", "origin", repository.ref)
+            self.run("checkout", "--quiet", "--force", "FETCH_HEAD")
+        else:
+            self.run("checkout", "--quiet", "--force", "origin/HEAD")
+        base = self.run("rev-parse", "HEAD")
+        if repository.branch:
+            remote_branch = self.run("ls-remote", "--heads", "origin", repository.branch)
+            if remote_branch and not repository.ref:
+                self.run("fetch", "--quiet", "origin", repository.branch)
+                self.run("checkout", "--quiet", "--force", "-B", repository.branch, "FETCH_HEAD")
+                base = self.run("rev-parse", "HEAD")
+            else:
+                self.run("checkout", "--quiet", "-B", repository.branch)
+        return base
+
+    def finish(self, base: str, task: str, summary: str) -> dict[str, Any]:
+        """What the agent changed since ``base``; committed on the work branch and pushed when asked."""
+        record: dict[str, Any] = {}
+        branch = self.run("rev-parse", "--abbrev-ref", "HEAD", check=False)
+        self.run("add", "--all")
+        staged = self.run("diff", "--cached", "--name-only", base).splitlines()
+        if self.repository.push and self.run("status", "--porcelain"):
+            title = f"taskyard: {task}" if task else "taskyard"
+            body = summary.strip()[:1000]
+            self.run("commit", "--quiet", "--no-verify", "-m", title, *(["-m", body] if body else []))
+        head = self.run("rev-parse", "HEAD")
+        if self.repository.push and head != base:
+            if not self.repository.branch:
+                raise SetupFailed("push is set but no branch was given to push to")
+            self.run("push", "--quiet", "origin", f"HEAD:refs/heads/{self.repository.branch}")
+            record["pushed"] = True
+        record["branch"] = branch if branch != "HEAD" else None
+        record["commit"] = head
+        record["changedFiles"] = sorted(
+            set(staged) | set(self.run("diff", "--name-only", base, "HEAD").splitlines())
+        )
+        return {k: v for k, v in record.items() if v is not None}
+
+
+# --- running the CLI ------------------------------------------------------------------------------------
+
+
+def readable(event: Event) -> Iterator[str]:
+    """The log lines an event reads as, for `kubectl logs` and the Task's log tail."""
+    if isinstance(event, Text):
+        yield from event.text.rstrip("\n").splitlines() or [""]
+    elif isinstance(event, ToolCall):
+        yield f"→ {event.name} {event.detail}".rstrip()
+    elif isinstance(event, ToolOutput):
+        yield f"  ← {'error: ' if event.error else ''}{event.text}".rstrip()
+    elif isinstance(event, Final) and event.error:
+        yield f"[taskyard-agent] the agent ended with {event.error}"
+
+
+@dataclasses.dataclass
+class Outcome:
+    exit_code: int
+    usage: Usage
+    summary: str = ""
+    limit: str | None = None
+    error: str | None = None
+
+
+class Run:
+    """The CLI as a child process whose stdout is read line by line."""
+
+    def __init__(self, adapter: Adapter, limits: Limits, out: IO[str]) -> None:
+        self.adapter = adapter
+        self.limits = limits
+        self.out = out
+        self.usage = Usage()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopped_for: str | None = None
+        self.signalled: int | None = None
+
+    def start(self, argv: list[str], prompt: Path, workspace: Path) -> None:
+        try:
+            with prompt.open("rb") as stdin:
+                self.process = subprocess.Popen(
+                    argv, stdin=stdin, stdout=subprocess.PIPE, cwd=workspace, start_new_session=True
+                )
+        except FileNotFoundError:
+            raise SetupFailed(f"{argv[0]} is not installed in this image") from None
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stops the CLI and whatever it started (its own process group), harder after a grace period."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
+
+        def kill_later() -> None:
+            try:
+                process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+
+        threading.Thread(target=kill_later, daemon=True).start()
+
+    def follow(self, lines: Iterable[bytes]) -> Outcome:
+        summary, error = "", None
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            events = self._events(line)
+            if events is None:  # not one of the CLI's events: its own words, kept as they are
+                print(line, file=self.out, flush=True)
+                continue
+            for event in events:
+                for text in readable(event):
+                    print(text, file=self.out, flush=True)
+                if isinstance(event, Text):
+                    summary = event.text
+                elif isinstance(event, Final):
+                    summary, error = event.summary or summary, event.error
+            if self.stopped_for is None:
+                passed = self.limits.passed(self.usage)
+                if passed is not None:
+                    self.stopped_for = passed
+                    print(f"[taskyard-agent] stopping the agent: {passed}", file=self.out, flush=True)
+                    self.stop()
+        return Outcome(0, self.usage, summary, self.stopped_for, error)
+
+    def _events(self, line: str) -> list[Event] | None:
+        if not line.startswith("{"):
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        try:
+            return self.adapter.parse(event, self.usage)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None  # a shape this version of the adapter does not know: shown as it came
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait()
+
+
+def result_record(outcome: Outcome, extra: dict[str, Any]) -> str:
+    """The JSON the operator reads back, within what the kubelet keeps of a termination message."""
+    record: dict[str, Any] = {"taskyard": 1, "summary": outcome.summary[-SUMMARY_LIMIT_CHARS:]}
+    record["usage"] = outcome.usage.as_record()
+    if outcome.limit:
+        record["limit"] = outcome.limit
+    if outcome.error:
+        record["error"] = outcome.error
+    record.update(extra)
+
+    def encoded() -> str:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+    files = record.get("changedFiles")
+    while len(encoded().encode()) > RESULT_LIMIT_BYTES and files:
+        files.pop()
+        record["changedFilesTruncated"] = True
+    while len(encoded().encode()) > RESULT_LIMIT_BYTES and record["summary"]:
+        record["summary"] = record["summary"][len(record["summary"]) // 4 + 1 :]
+    return encoded()
+
+
+def main(argv: list[str], env: dict[str, str] | None = None, out: IO[str] = sys.stdout) -> int:
+    env = dict(os.environ if env is None else env)
+    if not argv or argv[0] not in ADAPTERS:
+        print(f"usage: taskyard-agent {{{','.join(ADAPTERS)}}} [CLI arguments...]", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    adapter = ADAPTERS[argv[0]]()
+    prompt = Path(env.get("TASKYARD_PROMPT_FILE", "/etc/taskyard/prompt"))
+    result_file = Path(env.get("TASKYARD_RESULT_FILE", "/dev/termination-log"))
+    workspace = Path(env.get("TASKYARD_WORKSPACE", "/workspace"))
+    home = Path(env.get("HOME") or "/tmp")
+    run = Run(adapter, Limits(), out)
+    git: Git | None = None
+    base = ""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        run.signalled = signum
+        run.stop(signum)  # the CLI gets the pod's grace period too; its last words are still read
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        run.limits = Limits.from_env(env)
+        if not prompt.is_file():
+            raise SetupFailed(f"the prompt file {prompt} does not exist")
+        repository = Repository.from_env(env)
+        if repository is not None:
+            git = Git(workspace, repository, home)
+            base = git.prepare()
+            print(f"[taskyard-agent] {repository.url} at {base[:12]} in {workspace}", file=out, flush=True)
+        run.start(adapter.command(env.get("TASK_MODEL") or None, argv[1:]), prompt, workspace)
+    except SetupFailed as error:
+        print(f"[taskyard-agent] setup failed: {error}", file=out, flush=True)
+        _write(result_file, result_record(Outcome(EXIT_SETUP_FAILED, Usage(), error=f"setup: {error}"), {}))
+        return EXIT_SETUP_FAILED
+
+    assert run.process is not None and run.process.stdout is not None
+    outcome = run.follow(run.process.stdout)
+    code = run.wait()
+    extra: dict[str, Any] = {}
+    if git is not None and run.signalled is None:
+        try:
+            extra = git.finish(base, env.get("TASKYARD_TASK", ""), outcome.summary)
+        except SetupFailed as error:
+            print(f"[taskyard-agent] {error}", file=out, flush=True)
+            outcome.error = outcome.error or str(error)
+            code = code or EXIT_SETUP_FAILED
+    _write(result_file, result_record(outcome, extra))
+    if outcome.limit:
+        return EXIT_LIMIT_REACHED
+    if run.signalled is not None:
+        return 128 + run.signalled
+    return code if code >= 0 else 128 - code
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as error:  # the record is a bonus; the log and the exit code still say what happened
+        print(f"[taskyard-agent] could not write the result record to {path}: {error}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
