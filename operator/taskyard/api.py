@@ -538,6 +538,38 @@ class Condition(_Model):
     )
 
 
+class TaskUsage(_Model):
+    """What the agent's run cost, as its CLI reported it."""
+
+    input_tokens: int | None = Field(
+        None, ge=0, description="Tokens sent to the model, cached ones included."
+    )
+    output_tokens: int | None = Field(None, ge=0, description="Tokens the model produced.")
+    cost_usd: float | None = Field(
+        None, ge=0, alias="costUSD", description="Cost in US dollars, where the CLI reports it."
+    )
+    turns: int | None = Field(None, ge=0, description="Model turns (responses) in the conversation.")
+
+
+class TaskResult(_Model):
+    """What the agent reported at the end of its last attempt (the entrypoint's result record, or the
+    termination message of an agent without it as the summary)."""
+
+    summary: str | None = Field(None, description="The agent's final message, its last 2,000 characters.")
+    branch: str | None = Field(None, description="The git branch the agent's work is on.")
+    commit: str | None = Field(None, description="The commit the workspace ended at.")
+    pushed: bool | None = Field(None, description="Whether that commit was pushed to the branch.")
+    changed_files: list[str] | None = Field(
+        None, description="Files changed from the commit the agent started at."
+    )
+    changed_files_truncated: bool | None = Field(
+        None, description="True when changedFiles lists only the first of them."
+    )
+    usage: TaskUsage | None = Field(None, description="Tokens, cost and turns.")
+    limit: str | None = Field(None, description="The limit that stopped the agent, if one did.")
+    error: str | None = Field(None, description="How the agent ended when it did not succeed.")
+
+
 class TaskStatus(_Model):
     """What the operator observed about the Task. Written by the operator only."""
 
@@ -562,8 +594,8 @@ class TaskStatus(_Model):
     duration: str | None = Field(None, description="Run time from start to completion, e.g. 2m5s.")
     exit_code: int | None = Field(None, description="Exit code of the agent container's last attempt.")
     log_tail: str | None = Field(None, description="Last lines the agent wrote, for a quick look.")
-    result: str | None = Field(
-        None, description="What the agent reported as its result (its termination message)."
+    result: TaskResult | None = Field(
+        None, description="What the agent reported: its final message, changes and usage."
     )
     workspace: str | None = Field(None, description="Name of the PersistentVolumeClaim holding /workspace.")
     observed_generation: int | None = Field(

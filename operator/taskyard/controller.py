@@ -77,6 +77,7 @@ from taskyard.render import (
     render_workspace_claim,
     workspace_claim_name,
 )
+from taskyard.results import task_result
 from taskyard.settings import OperatorSettings
 from taskyard.workqueue import WorkQueue
 
@@ -676,7 +677,7 @@ class Controller:
         patch["conditions"] = [condition]
         await self._patch_status(task, patch)
         self.events.record(task.as_task(), "Warning", reason, message)
-        _count_finished(task.agent, patch)
+        _count_finished(task, patch)
 
     # --- keeping a Task's status current -----------------------------------------------------------
 
@@ -752,7 +753,7 @@ class Controller:
             if "phase" in patch:
                 _announce(self.events, body, desired)
                 if desired["phase"] in TERMINAL_PHASES:
-                    _count_finished(task.agent, desired)
+                    _count_finished(task, {**current, **patch})
             elif desired.get("attempts", 0) > max(current.get("attempts", 0), 1):
                 message = f"attempt {desired['attempts']} started; the previous one failed"
                 self.events.record(body, "Normal", "Retrying", message)
@@ -821,8 +822,9 @@ class Controller:
         or nothing to read, or the Task is final). Never raises: a log that cannot be read must not
         hold up the status or a cancel."""
         collected: dict[str, Any] = {}
-        if pod.termination_message and pod.exit_code == 0:
-            collected["result"] = pod.termination_message
+        result = task_result(pod.termination_message, pod.exit_code)
+        if result is not None:
+            collected["result"] = result
         attempt = next((n for n, p in enumerate(pods, start=1) if p.name == pod.name), max(len(pods), 1))
         try:
             log = await read_log_tail(
@@ -1011,11 +1013,19 @@ def _announce(events: EventRecorder, task: dict[str, Any], status: dict[str, Any
     events.record(task, "Warning" if warning else "Normal", reason or phase or "Unknown", message)
 
 
-def _count_finished(agent: str, status: dict[str, Any]) -> None:
+def _count_finished(task: TaskRecord, status: dict[str, Any]) -> None:
+    agent = task.agent
     metrics.TASKS_FINISHED.labels(agent=agent, outcome=status["phase"]).inc()
     if status.get("startTime") and status.get("completionTime"):
         seconds = _epoch(status["completionTime"]) - _epoch(status["startTime"])
         metrics.TASK_DURATION.labels(agent=agent).observe(max(seconds, 0))
+    usage = (status.get("result") or {}).get("usage") or {}
+    for direction in ("input", "output"):
+        if usage.get(f"{direction}Tokens"):
+            tokens = metrics.TASK_TOKENS.labels(agent=agent, namespace=task.namespace, direction=direction)
+            tokens.inc(usage[f"{direction}Tokens"])
+    if usage.get("costUSD"):
+        metrics.TASK_COST.labels(agent=agent, namespace=task.namespace).inc(usage["costUSD"])
 
 
 def _now() -> str:

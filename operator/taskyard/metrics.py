@@ -38,6 +38,19 @@ TASK_DURATION = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
     registry=REGISTRY,
 )
+TASK_TOKENS = Counter(
+    "taskyard_task_tokens_total",
+    "Model tokens of finished Tasks as their agents reported them, by agent, namespace and direction "
+    "(input, output).",
+    ["agent", "namespace", "direction"],
+    registry=REGISTRY,
+)
+TASK_COST = Counter(
+    "taskyard_task_cost_usd_total",
+    "Cost in US dollars of finished Tasks, where their agents reported one, by agent and namespace.",
+    ["agent", "namespace"],
+    registry=REGISTRY,
+)
 ADMISSION_WAIT = Histogram(
     "taskyard_admission_wait_seconds",
     "Time from a Task's creation until the operator admitted it (created its Job).",

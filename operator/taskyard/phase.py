@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from taskyard.api import format_duration
+from taskyard.results import failure_of
 
 PENDING, QUEUED, RUNNING, CANCELLING = "Pending", "Queued", "Running", "Cancelling"
 SUCCEEDED, FAILED, CANCELLED = "Succeeded", "Failed", "Cancelled"
@@ -358,6 +359,10 @@ def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
 def _failure(job: JobView, pod: PodView | None) -> tuple[str, str]:
     reason = _JOB_FAILURE_REASONS.get(job.failed_reason or "", job.failed_reason or "Failed")
     exit_code = pod.exit_code if pod is not None else None
+    if pod is not None and reason != "DeadlineExceeded":
+        ended_by_entrypoint = failure_of(pod.termination_message, exit_code)  # a limit, or no setup
+        if ended_by_entrypoint is not None:
+            return ended_by_entrypoint
     if reason == "DeadlineExceeded":
         return reason, "the Task ran longer than its timeout and was stopped"
     if reason == "NonRetryableExitCode":

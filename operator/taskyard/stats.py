@@ -91,6 +91,9 @@ class StatsRow:
     namespace: str = ""
     phases: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
     durations: list[float] = field(default_factory=list)
+    tokens: int = 0
+    cost_usd: float = 0.0
+    costed: int = 0  # Tasks whose agent reported a cost
 
     @property
     def total(self) -> int:
@@ -113,6 +116,35 @@ class StatsRow:
         seconds = run_seconds(task)
         if seconds is not None:
             self.durations.append(seconds)
+        usage = usage_of(task)
+        self.tokens += _count(usage.get("inputTokens")) + _count(usage.get("outputTokens"))
+        cost = usage.get("costUSD")
+        if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
+            self.cost_usd += cost
+            self.costed += 1
+
+
+def usage_of(task: dict[str, Any]) -> dict[str, Any]:
+    """status.result.usage, or {} (a Task of an agent that reports none, or of an older version)."""
+    result = (task.get("status") or {}).get("result")
+    usage = result.get("usage") if isinstance(result, dict) else None
+    return usage if isinstance(usage, dict) else {}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def format_tokens(tokens: int) -> str:
+    if tokens < 10_000:
+        return str(tokens)
+    if tokens < 10_000_000:
+        return f"{tokens / 1000:.0f}k"
+    return f"{tokens / 1_000_000:.0f}M"
+
+
+def format_cost(row: StatsRow) -> str:
+    return f"${row.cost_usd:.2f}" if row.costed else "-"
 
 
 def compute_stats(tasks: Iterable[dict[str, Any]], by_namespace: bool = False) -> list[StatsRow]:
@@ -139,6 +171,8 @@ STATS_HEADERS = (
     "SUCCESS RATE",
     "AVG DURATION",
     "P95 DURATION",
+    "TOKENS",
+    "COST",
 )
 
 
@@ -150,5 +184,6 @@ def stats_table(rows: Sequence[StatsRow], by_namespace: bool = False) -> tuple[l
         line = [row.namespace or "-"] if by_namespace else []
         line += [row.agent, str(row.total), *(str(row.phases[phase]) for phase in PHASES)]
         line += [format_rate(row.success_rate), format_seconds(row.average), format_seconds(row.p95)]
+        line += [format_tokens(row.tokens), format_cost(row)]
         cells.append(line)
     return headers, cells

@@ -91,10 +91,12 @@ def test_stats_count_phases_rate_and_durations_per_agent_and_in_total() -> None:
     assert total.average == pytest.approx(23.75)
 
     headers, cells = stats.stats_table(rows)
-    assert headers[:2] == ["AGENT", "TOTAL"] and headers[-3:] == [
+    assert headers[:2] == ["AGENT", "TOTAL"] and headers[-5:] == [
         "SUCCESS RATE",
         "AVG DURATION",
         "P95 DURATION",
+        "TOKENS",
+        "COST",
     ]
     by_agent = {line[0]: dict(zip(headers, line, strict=True)) for line in cells}
     assert by_agent["shell"]["SUCCESS RATE"] == "66.7%"
@@ -104,6 +106,30 @@ def test_stats_count_phases_rate_and_durations_per_agent_and_in_total() -> None:
     assert by_agent["coder"]["AVG DURATION"] == "5s"
     assert by_agent["TOTAL"]["AVG DURATION"] == "23.8s"
     assert by_agent["TOTAL"]["SUCCEEDED"] == "2" and by_agent["TOTAL"]["PENDING"] == "1"
+
+
+def test_stats_sum_the_tokens_and_cost_agents_report() -> None:
+    def with_usage(name: str, agent: str, usage: object) -> dict:
+        body = task(name, agent, "Succeeded", run=(10, 5))
+        body["status"]["result"] = {"summary": "done", "usage": usage}
+        return body
+
+    tasks = [
+        with_usage("a", "claude-code", {"inputTokens": 9000, "outputTokens": 3000, "costUSD": 0.25}),
+        with_usage("b", "claude-code", {"inputTokens": 1000, "outputTokens": 500, "costUSD": 0.5}),
+        with_usage("c", "codex", {"inputTokens": 700, "outputTokens": 20}),  # no cost reported
+        with_usage("d", "codex", {"inputTokens": "many", "costUSD": -1}),  # nonsense is not counted
+        task("e", "shell", "Succeeded", run=(10, 5)),
+    ]
+    rows = {row.agent: row for row in stats.compute_stats(tasks)}
+    assert rows["claude-code"].tokens == 13500 and rows["claude-code"].cost_usd == pytest.approx(0.75)
+    assert rows["codex"].tokens == 720 and rows["codex"].costed == 0
+    assert rows["TOTAL"].tokens == 14220 and rows["TOTAL"].cost_usd == pytest.approx(0.75)
+    headers, cells = stats.stats_table(list(rows.values()))
+    shown = {line[0]: dict(zip(headers, line, strict=True)) for line in cells}
+    assert (shown["claude-code"]["TOKENS"], shown["claude-code"]["COST"]) == ("14k", "$0.75")
+    assert (shown["codex"]["TOKENS"], shown["codex"]["COST"]) == ("720", "-")
+    assert (shown["shell"]["TOKENS"], shown["shell"]["COST"]) == ("0", "-")
 
 
 def test_stats_without_finished_tasks_show_no_rate_and_no_durations() -> None:

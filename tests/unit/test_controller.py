@@ -14,6 +14,7 @@ import kopf
 import pytest
 from aiohttp import web
 
+from taskyard import metrics
 from taskyard.controller import Controller, InstrumentedApiClient
 from taskyard.records import project_job, project_pod, project_task
 from taskyard.settings import OperatorSettings
@@ -398,6 +399,46 @@ def test_admitted_at_is_when_admission_decided_not_when_the_job_was_created():
             [job] = jobs
             stamp = datetime.fromisoformat(job["metadata"]["annotations"]["taskyard.dev/admitted-at"])
             assert decided - 6 < stamp.timestamp() < decided - 4
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_the_agents_result_record_is_in_the_status_and_its_usage_in_the_metrics():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("paid")
+            fake.route(CONFIG_MAPS, created())
+
+            async def pod_log(request: web.Request) -> web.StreamResponse:
+                return web.Response(body=b"done\n")
+
+            fake.route(f"/api/v1/namespaces/{NS}/pods/paid-abcde/log", pod_log)
+            controller = controller_for(fake)
+            job, pod = job_and_pod("paid")
+            usage = {"inputTokens": 1500, "outputTokens": 300, "costUSD": 0.042, "turns": 3}
+            record = {"taskyard": 1, "summary": "Fixed the bug.", "commit": "4b1f0c2d9e", "usage": usage}
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = json.dumps(record)
+            controller.jobs.put((NS, "paid"), project_job(job))
+            controller.pods.put((NS, "paid-abcde"), project_pod(pod))
+            add_task(controller, task_body("paid", status={"phase": "Running", "jobName": "paid"}))
+
+            def sample(name: str, **labels: str) -> float:
+                return (
+                    metrics.REGISTRY.get_sample_value(name, {"agent": "shell", "namespace": NS, **labels})
+                    or 0
+                )
+
+            tokens_before = sample("taskyard_task_tokens_total", direction="input")
+            cost_before = sample("taskyard_task_cost_usd_total")
+            await controller.reconcile((NS, "paid", "uid-paid"))
+            [(_, patch)] = patches
+            assert patch["phase"] == "Succeeded"
+            assert patch["result"] == {"summary": "Fixed the bug.", "commit": "4b1f0c2d9e", "usage": usage}
+            assert sample("taskyard_task_tokens_total", direction="input") - tokens_before == 1500
+            assert sample("taskyard_task_cost_usd_total") - cost_before == pytest.approx(0.042)
             await controller.api.close()
 
     run(scenario())

@@ -200,8 +200,17 @@ def test_status_schema():
         }
     for field in ("attempts", "exitCode", "observedGeneration"):
         assert status[field]["type"] == "integer", field
-    for field in ("reason", "message", "jobName", "podName", "duration", "logTail", "result", "workspace"):
+    for field in ("reason", "message", "jobName", "podName", "duration", "logTail", "workspace"):
         assert status[field]["type"] == "string", field
+    result = status["result"]["properties"]
+    assert result["changedFiles"]["type"] == "array" and result["changedFiles"]["items"] == {"type": "string"}
+    usage = result["usage"]["properties"]
+    assert {name: usage[name]["type"] for name in usage} == {
+        "inputTokens": "integer",
+        "outputTokens": "integer",
+        "costUSD": "number",
+        "turns": "integer",
+    }
 
 
 def _rules(node: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -1,5 +1,6 @@
 """Phase derivation: Job and Pod views, the derived Task status, status patches and log tails."""
 
+import json
 from datetime import datetime
 
 import pytest
@@ -667,6 +668,41 @@ def test_pod_failure_policy_fails_the_task_with_a_non_retryable_exit_code():
     )
     assert status["exitCode"] == 3
     assert status["conditions"][0]["status"] == "False"
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "record", "reason", "message"),
+    [
+        (
+            121,
+            {"taskyard": 1, "limit": "maxTurns: 11 turns, more than the limit of 10"},
+            "LimitExceeded",
+            "the agent was stopped: maxTurns: 11 turns, more than the limit of 10",
+        ),
+        (
+            120,
+            {"taskyard": 1, "error": "setup: git clone failed: repository not found"},
+            "AgentSetupFailed",
+            "the agent could not start: setup: git clone failed: repository not found",
+        ),
+    ],
+    ids=["limit", "setup"],
+)
+def test_an_attempt_the_entrypoint_ended_fails_with_its_reason(exit_code, record, reason, message):
+    seen = Observation(
+        job=job_view(failed_job_status("PodFailurePolicy")),
+        pod=pod_view(terminated_state(exit_code, "Error", json.dumps(record)), phase="Failed"),
+    )
+    status = derive_status(task_body(running_status()), seen, NOW)
+    assert (status["phase"], status["reason"], status["message"]) == ("Failed", reason, message)
+
+
+def test_exit_code_121_without_the_entrypoints_record_is_just_an_exit_code():
+    seen = Observation(
+        job=job_view(failed_job_status("PodFailurePolicy")),
+        pod=pod_view(terminated_state(121, "Error", "limit: made up by some other program"), phase="Failed"),
+    )
+    assert derive_status(task_body(running_status()), seen, NOW)["reason"] == "NonRetryableExitCode"
 
 
 def test_other_job_failure_reasons_pass_through_with_the_jobs_message():
