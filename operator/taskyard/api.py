@@ -520,6 +520,13 @@ class AgentSpec(_Model):
     )
     node_selector: dict[str, str] | None = Field(None, description="Node labels the agent's Pod must run on.")
     tolerations: list[Toleration] | None = Field(None, description="Taints the agent's Pod tolerates.")
+    scheduler_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Scheduler that places the agent's Pod, for clusters with a batch scheduler "
+        "(Volcano, YuniKorn); the default scheduler when unset.",
+    )
     security_context: AgentSecurityContext | None = Field(
         None, description=f"User and group IDs of the agent; all default to {NON_ROOT_DEFAULT_ID}."
     )

@@ -284,6 +284,8 @@ def render_job(
         pod_spec["nodeSelector"] = dict(agent.node_selector)
     if agent.tolerations:
         pod_spec["tolerations"] = copy.deepcopy(agent.tolerations)
+    if agent.scheduler_name:
+        pod_spec["schedulerName"] = agent.scheduler_name
     if priority_class:
         pod_spec["priorityClassName"] = priority_class
     pod_spec["containers"] = [_container(task, agent)]

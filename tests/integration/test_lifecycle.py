@@ -51,6 +51,38 @@ def test_successful_task_reports_logs_exit_code_and_runs_isolated(
     assert any(v.name == "workspace" and v.empty_dir is not None for v in pod_spec.volumes)
 
 
+def test_what_the_agent_reports_is_the_structured_result(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    record = (
+        '{"taskyard":1,"summary":"Fixed it.","commit":"4b1f0c2","changedFiles":["a.py"],'
+        '"usage":{"inputTokens":1200,"outputTokens":80,"costUSD":0.0125,"turns":3}}'
+    )
+    kube.create(
+        "Task", "reported", {"agent": shell_agent, "prompt": f"printf '%s' '{record}' > /dev/termination-log"}
+    )
+    kube.create(
+        "Task", "plain", {"agent": shell_agent, "prompt": "echo 'all 12 tests pass' > /dev/termination-log"}
+    )
+    stopped = '{"taskyard":1,"summary":"halfway","limit":"maxTurns: 4 turns, more than the limit of 3"}'
+    limit = {"agent": "limited", "prompt": f"printf '%s' '{stopped}' > /dev/termination-log; exit 121"}
+    kube.create("Agent", "limited", {**SHELL_AGENT, "nonRetryableExitCodes": [120, 121]})
+    kube.create("Task", "stopped", limit)
+
+    result = kube.wait_for_phase("reported", "Succeeded")["status"]["result"]
+    assert result == {
+        "summary": "Fixed it.",
+        "commit": "4b1f0c2",
+        "changedFiles": ["a.py"],
+        "usage": {"inputTokens": 1200, "outputTokens": 80, "costUSD": 0.0125, "turns": 3},
+    }
+    assert kube.wait_for_phase("plain", "Succeeded")["status"]["result"] == {"summary": "all 12 tests pass\n"}
+    status = kube.wait_for_phase("stopped", "Failed")["status"]
+    assert status["reason"] == "LimitExceeded"
+    assert status["message"] == "the agent was stopped: maxTurns: 4 turns, more than the limit of 3"
+    assert status["result"]["summary"] == "halfway"
+
+
 def test_failing_task_reports_its_exit_code(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
     kube.create("Task", "broken", {"agent": shell_agent, "prompt": "echo trying; exit 3"})
 

@@ -463,6 +463,7 @@ def test_preset_settings_pass_through():
         "agents.shell.retries=2",
         "agents.shell.nonRetryableExitCodes={2,3}",
         "agents.shell.securityContext.runAsUser=1000",
+        "agents.shell.schedulerName=volcano",
         "agents.shell.env[0].name=HOME",
         "agents.shell.env[0].value=/workspace",
         "agents.claude-code.enabled=true",
@@ -474,6 +475,7 @@ def test_preset_settings_pass_through():
     shell = parse_agent_spec(agents["shell"])
     assert (shell.max_concurrent, shell.retries, shell.non_retryable_exit_codes) == (3, 2, [2, 3])
     assert shell.security_context is not None and shell.security_context.run_as_user == 1000
+    assert shell.scheduler_name == "volcano"
     claude_env = agents["claude-code"]["env"]
     assert [item["value"] for item in claude_env if item["name"] == "HOME"] == ["/home/agent"]
     key = next(item for item in claude_env if item["name"] == "ANTHROPIC_API_KEY")

@@ -209,7 +209,7 @@ def test_pod_is_locked_down_by_default():
     }
     assert "serviceAccountName" not in pod
     assert "priorityClassName" not in pod
-    assert "nodeSelector" not in pod
+    assert "nodeSelector" not in pod and "schedulerName" not in pod
     assert "tolerations" not in pod
     agent = container(job)
     assert agent["securityContext"] == {
@@ -245,6 +245,7 @@ def test_agent_settings_reach_the_pod():
         terminationGracePeriodSeconds=60,
         nodeSelector={"pool": "agents"},
         tolerations=[{"key": "agents", "operator": "Exists", "effect": "NoSchedule"}],
+        schedulerName="volcano",
         securityContext={"runAsUser": 1000, "fsGroup": 2000},
     )
     job = render_job(make_task(), agent, "coder", priority_class="taskyard-high")
@@ -255,6 +256,7 @@ def test_agent_settings_reach_the_pod():
     assert pod["nodeSelector"] == {"pool": "agents"}
     assert pod["tolerations"] == [{"key": "agents", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "taskyard-high"
+    assert pod["schedulerName"] == "volcano"
     assert pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["runAsGroup"] == 65532
     assert pod["securityContext"]["fsGroup"] == 2000
