@@ -19,8 +19,9 @@ prints figures; it is not a test. Six measurements:
             (twice: with the Jobs inside the retention period and past it): how soon its cache is
             synced and a new Task admitted, the writes it makes, its memory and CPU.
 
-Burst, floor, sustained and scale use an Agent whose pods can never be scheduled (a nodeSelector no
-node has), so the kubelet does no work and the figures are the operator's and the API server's alone;
+Burst, floor, sustained and scale use an Agent whose pods are never scheduled (a schedulerName no
+scheduler serves), so neither the scheduler nor the kubelet does any work, and the figures are the
+operator's and the API server's alone;
 the queue run uses real pods, the simulated run pods that kwok plays. Results go to
 docs/benchmarks.json (compared with the previous run) and are printed.
 
@@ -57,10 +58,12 @@ from taskyard.render import TaskRef, render_job
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "docs" / "benchmarks.json"
 SHELL_IMAGE = "localhost/taskyard/shell:dev"
+# A scheduler that does not exist: the pods are never looked at, so neither the scheduler nor the
+# kubelet adds work (or pod updates) of its own.
 PARKED_AGENT = {
     "image": SHELL_IMAGE,
     "command": ["sh", "/etc/taskyard/prompt"],
-    "nodeSelector": {"taskyard.dev/bench": "parked"},
+    "schedulerName": "bench-parked",
     "timeout": "2h",
 }
 QUICK_AGENT = {"image": SHELL_IMAGE, "command": ["sh", "/etc/taskyard/prompt"], "timeout": "10m"}
@@ -220,7 +223,9 @@ class Bench:
         """Creates the Tasks with bounded concurrency, as fast as the server takes them or at ``rate``
         per second; returns when each create was acknowledged."""
         acknowledged: dict[str, float] = {}
-        gate = asyncio.Semaphore(self.concurrency)
+        # At a set rate the pace is the limit: enough requests in flight that a slow answer does not
+        # hold back the next create.
+        gate = asyncio.Semaphore(self.concurrency if rate is None else max(self.concurrency, 128))
         started = time.monotonic()
 
         async def one(index: int, name: str, spec: dict[str, Any]) -> None:
@@ -398,15 +403,20 @@ class Bench:
 
     # --- 3: a sustained rate ------------------------------------------------------------------------
 
-    async def sustained(self, rate: float, seconds: float) -> dict[str, Any]:
-        """Parked Tasks applied at a steady rate: apply→Job latency while the operator is never idle."""
-        namespace = await self.namespace(f"sustained-{rate:g}")
+    async def sustained(self, rate: float, seconds: float, controller: str) -> dict[str, Any]:
+        """Parked Tasks applied at a steady rate: apply→Job latency while the controller is never idle.
+        `controller` is "operator" or "floor", as in the burst."""
+        namespace = await self.namespace(f"sustained-{controller}")
         await self.agent(namespace, "parked", PARKED_AGENT)
         job_seen: dict[str, float] = {}
         stop = asyncio.Event()
-        watcher = asyncio.create_task(self.watch_jobs(namespace, job_seen, stop))
-        operator = await self.start_operator(namespace)
-        await asyncio.sleep(1)  # watch established
+        watchers = [asyncio.create_task(self.watch_jobs(namespace, job_seen, stop))]
+        operator = None
+        if controller == "operator":
+            operator = await self.start_operator(namespace)
+        else:
+            watchers.append(asyncio.create_task(self.floor_controller(namespace, stop)))
+        await asyncio.sleep(1)  # watches established
         n = round(rate * seconds)
         specs = {f"r-{i:05d}": {"agent": "parked", "prompt": "true"} for i in range(n)}
         started = time.monotonic()
@@ -414,13 +424,8 @@ class Bench:
         applied = time.monotonic() - started
         await self.wait_until(f"{n} Jobs", lambda: len(job_seen) >= n, timeout=60 + n)
         latencies = [job_seen[name] - acknowledged[name] for name in specs]
-        rss, cpu = operator.resources()
-        operator.stop()
-        stop.set()
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        await self.drop_namespace(namespace)
-        return {
+        result = {
+            "controller": controller,
             "n": n,
             "rate": rate,
             "seconds": seconds,
@@ -428,9 +433,17 @@ class Bench:
             "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
             "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
             "latency_max_ms": round(max(latencies) * 1000, 1),
-            "rss_mib": round(rss, 1),
-            "cpu_seconds": round(cpu, 1),
         }
+        if operator is not None:
+            rss, cpu = operator.resources()
+            result.update(rss_mib=round(rss, 1), cpu_seconds=round(cpu, 1))
+            operator.stop()
+        stop.set()
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await self.drop_namespace(namespace)
+        return result
 
     # --- 4: the queue -------------------------------------------------------------------------------
 
@@ -866,7 +879,7 @@ async def main() -> int:
     only = set(os.environ.get("BENCH_ONLY", "burst,sustained,queue,simulated,scale").split(","))
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
     results["modes"] = {
-        "burst": "real API server and controllers; pods never scheduled (no kubelet work)",
+        "burst": "real API server and controllers; pods never scheduled (no scheduler or kubelet work)",
         "sustained": "as burst, Tasks applied at a steady rate",
         "queue": "real API server, controllers, scheduler and kubelet; real pods",
         "simulated": "real API server, controllers and scheduler; nodes and their pods simulated by kwok",
@@ -901,8 +914,15 @@ async def main() -> int:
                 keep()
         if "sustained" in only:
             rate = float(os.environ.get("BENCH_RATE", "20"))
-            sustained = await bench.sustained(rate, float(os.environ.get("BENCH_RATE_SECONDS", "120")))
-            results["sustained"] = sustained
+            seconds = float(os.environ.get("BENCH_RATE_SECONDS", "120"))
+            floor = await bench.sustained(rate, seconds, "floor")
+            sustained = await bench.sustained(rate, seconds, "operator")
+            results["sustained"] = [floor, sustained]
+            print(
+                f"sustained floor: applied at {floor['applied_rate']}/s, apply→Job p50 "
+                f"{floor['latency_p50_ms']} ms, p99 {floor['latency_p99_ms']} ms",
+                flush=True,
+            )
             print(
                 f"sustained {rate:g} Tasks/s for {sustained['seconds']:g}s ({sustained['n']} Tasks, "
                 f"applied at "
