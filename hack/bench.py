@@ -261,20 +261,29 @@ class Bench:
         stop: asyncio.Event,
         **kwargs: Any,
     ) -> None:
-        """Streams watch events (as plain dicts) to ``on_event`` until ``stop`` is set."""
+        """Streams watch events (as plain dicts) to ``on_event`` until ``stop`` is set. A watch that
+        ends resumes where it was, so the client does not receive every object again each time."""
+        version: str | None = None
         while not stop.is_set():
             stream = watch.Watch()
+            resume = {"resource_version": version} if version else {}
             try:
                 async with stream.stream(
-                    list_call, timeout_seconds=30, _request_timeout=40, **kwargs
+                    list_call, timeout_seconds=30, _request_timeout=40, **resume, **kwargs
                 ) as events:
                     async for event in events:
                         obj = event["object"]
                         body = obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
+                        if event["type"] == "ERROR":
+                            version = None  # expired (410): start again from a fresh list
+                            break
+                        version = body["metadata"].get("resourceVersion") or version
                         on_event(event["type"], body, time.monotonic())
                         if stop.is_set():
                             break
-            except (TimeoutError, ApiException):
+            except (TimeoutError, ApiException) as error:
+                if isinstance(error, ApiException) and error.status == 410:
+                    version = None
                 await asyncio.sleep(0.1)
 
     async def watch_tasks(
@@ -393,8 +402,12 @@ class Bench:
                     _content_type="application/merge-patch+json",
                 )
 
+        handled: set[str] = set()
+
         def on_task(kind: str, body: dict[str, Any], at: float) -> None:
-            if kind == "ADDED":
+            # A watch that times out lists again and repeats ADDED for every Task: each is handled once.
+            if kind == "ADDED" and body["metadata"]["uid"] not in handled:
+                handled.add(body["metadata"]["uid"])
                 task = asyncio.create_task(handle(body))
                 pending.add(task)
                 task.add_done_callback(pending.discard)

@@ -268,6 +268,11 @@ class Informer(Generic[T]):
                         self.on_change(key, old, None)
                 else:
                     self._put(key, resource_version, self.project(item))
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            # Nothing arrived for read_timeout seconds: a quiet resource (the API server does not
+            # always send bookmarks that often), or a connection that stalled. Either way this
+            # connection is done with, and the watch resumes where it was, at once: no error.
+            logger.debug("watch of %s quiet for %.0fs; watching again", self.name, self.read_timeout)
         finally:
             response.release()
         return resource_version

@@ -134,16 +134,18 @@ def test_watch_events_update_the_store_and_a_410_relist_reports_what_vanished():
 
 def test_a_stalled_watch_is_abandoned_and_resumed():
     async def scenario() -> None:
-        watches = 0
+        watches, lists, resumed_from = 0, 0, []
 
         async def pods(request: web.Request) -> web.StreamResponse:
-            nonlocal watches
+            nonlocal watches, lists
             if request.query.get("watch"):
                 watches += 1
+                resumed_from.append(request.query["resourceVersion"])
                 if watches == 1:
                     # Bytes stop, the socket stays open: a half-open connection after a fail-over.
                     return await stream_lines(request, [], hold=60)
                 return await stream_lines(request, [{"type": "ADDED", "object": obj("late", "5")}], hold=60)
+            lists += 1
             return web.json_response({"metadata": {"resourceVersion": "4"}, "items": []})
 
         async with FakeApi() as fake:
@@ -157,7 +159,8 @@ def test_a_stalled_watch_is_abandoned_and_resumed():
                     break
                 await asyncio.sleep(0.05)
             assert informer.store.get(("ns", "late")) == {"rv": "5", "note": None}
-            assert watches == 2
+            # A quiet or stalled watch is dropped and resumed where it was: no new list, no back-off.
+            assert watches == 2 and lists == 1 and resumed_from == ["4", "4"]
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             await api.close()
