@@ -475,6 +475,8 @@ def test_stats_count_phases_and_measure_finished_tasks(
         "DURATION",
         "P95",
         "DURATION",
+        "TOKENS",
+        "COST",
     ]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert list(rows) == ["ghost", "shell", "TOTAL"]
@@ -486,9 +488,10 @@ def test_stats_count_phases_and_measure_finished_tasks(
 
     durations = [seconds(task) for task in finished]
     average, slowest = stats.format_seconds(sum(durations) / 3), stats.format_seconds(max(durations))
-    assert rows["ghost"] == ["2", "1", "0", "0", "0", "0", "0", "1", "n/a", "-", "-"]
-    assert rows["shell"] == ["3", "0", "0", "0", "0", "2", "1", "0", "66.7%", average, slowest]
-    assert rows["TOTAL"] == ["5", "1", "0", "0", "0", "2", "1", "1", "66.7%", average, slowest]
+    # The shell agent reports no usage: no tokens, and no cost rather than a cost of zero.
+    assert rows["ghost"] == ["2", "1", "0", "0", "0", "0", "0", "1", "n/a", "-", "-", "0", "-"]
+    assert rows["shell"] == ["3", "0", "0", "0", "0", "2", "1", "0", "66.7%", average, slowest, "0", "-"]
+    assert rows["TOTAL"] == ["5", "1", "0", "0", "0", "2", "1", "1", "66.7%", average, slowest, "0", "-"]
 
 
 # --- errors ------------------------------------------------------------------------------------------
