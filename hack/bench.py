@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
@@ -98,7 +98,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Operator:
+class ChildProcess:
+    """A process the benchmark starts, its output in a log file; stopped gently, then not."""
+
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+class Operator(ChildProcess):
     """The operator as a child process, watching one namespace, with its metrics endpoint."""
 
     def __init__(self, namespace: str, **env: str) -> None:
@@ -134,16 +149,8 @@ class Operator:
         ticks = os.sysconf("SC_CLK_TCK")
         return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
-
-class Kwok:
+class Kwok(ChildProcess):
     """kwok serving the simulated nodes: to the API server, scheduler and Job controller they are
     nodes like any other, and their pods run and finish without a kubelet (hack/kwok-stages.yaml).
     Their kubelet endpoint is kwok's own server on loopback, so a log read fails at once instead of
@@ -167,14 +174,6 @@ class Kwok:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 class Bench:
