@@ -43,13 +43,13 @@ from taskyard.logstore import attempts_to_keep, log_config_map_name, log_key, pa
 from taskyard.phase import (
     IMAGE_PULL_FAILURES,
     MANAGED_FIELDS,
-    STARTUP_FAILURES,
+    STOPPED_BY_OPERATOR,
     TERMINAL_PHASES,
     Observation,
     PodView,
+    deciding_pod,
     derive_status,
     image_pull_patience_over,
-    newest_pod,
     startup_overdue,
     status_changes,
     tail_lines,
@@ -537,7 +537,11 @@ class Controller:
         if reservation is not None and not reservation.created:
             if task.cancel:
                 del self.reserved[uid]  # cancelled before its Job was created: nothing to start
-            elif not await self._start(task, reservation):
+            else:
+                # Either way, nothing more now: a Task that started gets its status once the watch
+                # shows its Job (one status write where two would say the same), and the reservation
+                # holds its slot until then.
+                await self._start(task, reservation)
                 return
         await self._sync(task)
 
@@ -691,7 +695,7 @@ class Controller:
             del self.reserved[task.uid]  # the Job holds the slot from now on
             reservation = None
         pods = self._pods_of(job) if job is not None else []
-        pod = newest_pod(pods)
+        pod = deciding_pod(pods)
         extra: dict[str, Any] = {}
         collected_pod = None
         stop_job = job is not None and not job.view.finished and not job.view.deleting
@@ -722,7 +726,7 @@ class Controller:
             pod = await self._read_pod(task.namespace, pod)
             seen = dataclasses.replace(seen, pod=pod)
         desired = derive_status(body, seen, _now())
-        if stop_job and desired.get("phase") == "Failed" and desired.get("reason") in STARTUP_FAILURES:
+        if stop_job and desired.get("phase") == "Failed" and desired.get("reason") in STOPPED_BY_OPERATOR:
             # The kubelet or the Job controller would keep trying (and hold the slot) until the timeout.
             await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
         if job is None and requested is None and current.get("jobName") and not spec.get("cancel"):

@@ -27,6 +27,14 @@ IMAGE_PULL_FAILURES = frozenset({"ImagePullBackOff", "ErrImageNeverPull", "Inval
 PERMANENT_IMAGE_FAILURES = frozenset({"ErrImageNeverPull", "InvalidImageName"})
 # Waiting reasons that mean the pod's configuration names something missing (a Secret, a ConfigMap key).
 CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+# How the kubelet words an eviction for a pod's *own* storage limits (its containers' ephemeral-storage
+# limits, or an emptyDir's sizeLimit), as opposed to node pressure ("The node was low on resource").
+# Such an eviction carries no DisruptionTarget condition, and a new pod would fill its disk again.
+_OWN_STORAGE_LIMIT_EVICTIONS = (
+    "exceeded its local ephemeral storage limit",
+    "ephemeral local storage usage exceeds the total limit",
+    "Usage of EmptyDir volume",
+)
 
 # Job failure reasons (batch/v1 Job condition `Failed`) and the Task reason each becomes.
 _JOB_FAILURE_REASONS = {
@@ -122,6 +130,13 @@ class PodView:
     termination_message: str | None = None
     deleting: bool = False
     unschedulable_message: str | None = None  # why the scheduler cannot place it (e.g. an unbound claim)
+    evicted_message: str | None = None  # the kubelet's words, when it evicted the pod
+
+    @property
+    def over_storage_limit(self) -> bool:
+        """Whether the kubelet evicted the pod for using more disk than its own limits allow."""
+        message = self.evicted_message or ""
+        return any(words in message for words in _OWN_STORAGE_LIMIT_EVICTIONS)
 
     @property
     def terminated(self) -> bool:
@@ -143,6 +158,7 @@ class PodView:
         owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("controller")), {})
         scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
         unschedulable = scheduled.get("message") if scheduled.get("reason") == "Unschedulable" else None
+        evicted = (status.get("message") or "evicted") if status.get("reason") == "Evicted" else None
         return cls(
             name=body["metadata"]["name"],
             created=body["metadata"].get("creationTimestamp") or "",
@@ -157,12 +173,19 @@ class PodView:
             termination_message=(terminated.get("message") or None) if terminated else None,
             deleting=bool(body["metadata"].get("deletionTimestamp")),
             unschedulable_message=unschedulable[:1024] if unschedulable else None,
+            evicted_message=evicted[:1024] if evicted else None,
         )
 
 
 def newest_pod(pods: list[PodView]) -> PodView | None:
     """The pod of the latest attempt (creation time, then name, so the choice is stable)."""
     return max(pods, key=lambda pod: (pod.created, pod.name), default=None)
+
+
+def deciding_pod(pods: list[PodView]) -> PodView | None:
+    """The pod whose state the Task reports: the newest, unless an attempt was evicted for passing its
+    own storage limits (the Job may already have started another; that eviction decides the Task)."""
+    return next((pod for pod in pods if pod.over_storage_limit), None) or newest_pod(pods)
 
 
 @dataclass(frozen=True)
@@ -236,10 +259,14 @@ def derive_status(task: dict[str, Any], seen: Observation, now: str) -> dict[str
     return status
 
 
-# Reasons the operator itself fails a running Task for (it then deletes the Job to free the slot).
+# Reasons the operator itself fails a Task for while its agent has not started.
 STARTUP_FAILURES = frozenset(
     {"ImagePullFailed", "NoPodCreated", "ContainerConfigError", "Unschedulable", "StartupTimeout"}
 )
+STORAGE_LIMIT_EXCEEDED = "StorageLimitExceeded"
+# Reasons the operator fails an unfinished Job's Task for; it then deletes the Job, which would
+# otherwise keep trying (and hold the slot) until the timeout.
+STOPPED_BY_OPERATOR = STARTUP_FAILURES | {STORAGE_LIMIT_EXCEEDED}
 
 
 def waiting_since(job: JobView, pod: PodView | None) -> str:
@@ -315,6 +342,16 @@ def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
     stopped_by_cancel = bool(spec.get("cancel")) and job is not None and job.deleting
     if job is not None and job.complete and not stopped_by_cancel:
         return SUCCEEDED, "Completed", "the agent finished with exit code 0"
+    if pod is not None and pod.over_storage_limit and not stopped_by_cancel:
+        # Whatever the Job makes of it (a retry, or a failure for a killed container), the agent
+        # would fill its disk again: the Task fails, saying which limit it passed.
+        return (
+            FAILED,
+            STORAGE_LIMIT_EXCEEDED,
+            f"the kubelet evicted pod {pod.name} for using more disk than its limits allow: "
+            f"{(pod.evicted_message or '').strip()} Raise the Agent's resources.limits.ephemeral-storage or "
+            "workspaceSizeLimit if the agent needs more",
+        )
     if job is not None and job.failed_reason is not None and not stopped_by_cancel:
         return FAILED, *_failure(job, pod)
     if spec.get("cancel"):

@@ -197,6 +197,25 @@ def test_an_unbindable_workspace_claim_fails_the_task_after_the_startup_deadline
     kube.wait_for("the Job to be removed", lambda: not kube.jobs("unbound"), timeout=60)
 
 
+def test_an_agent_that_fills_its_workspace_past_the_limit_fails_once_not_in_a_loop(
+    kube: Kube, start_operator
+) -> None:
+    # The kubelet evicts a pod whose emptyDir passes its sizeLimit without a DisruptionTarget
+    # condition; a retry would only fill the disk again, so the Task ends at once, naming the limit.
+    start_operator()
+    kube.create("Agent", "hoarder", {**SHELL_AGENT, "workspaceSizeLimit": "1Mi", "retries": 2})
+    prompt = "dd if=/dev/zero of=/workspace/big bs=1048576 count=8 && echo filled && sleep 600"
+    kube.create("Task", "hoarding", {"agent": "hoarder", "prompt": prompt, "timeout": "15m"})
+
+    task = kube.wait_for_phase("hoarding", "Failed", timeout=240)
+    assert task["status"]["reason"] == "StorageLimitExceeded", task["status"]
+    assert 'Usage of EmptyDir volume "workspace" exceeds the limit' in task["status"]["message"]
+    assert "workspaceSizeLimit" in task["status"]["message"]
+    assert "filled" in task["status"].get("logTail", "")
+    # Without the operator's verdict the Job would retry twice more and end BackoffLimitExceeded.
+    kube.wait_for("the Job to be removed", lambda: not kube.jobs("hoarding"), timeout=90)
+
+
 def test_unknown_agent_waits_pending_until_the_agent_appears(kube: Kube, operator: OperatorProcess) -> None:
     kube.create("Task", "early", {"agent": "late-agent", "prompt": "echo finally"})
 

@@ -10,6 +10,7 @@ from taskyard.phase import (
     JobView,
     Observation,
     PodView,
+    deciding_pod,
     derive_status,
     image_pull_patience_over,
     newest_pod,
@@ -1149,3 +1150,67 @@ def test_a_running_or_finished_agent_is_never_overdue():
         pod = pod_view(state)
         assert startup_overdue(job, pod, _at(pod.created, 10_000), 600) is None
     assert startup_overdue(job_view(complete_job_status()), None, _at(STARTED, 10_000), 600) is None
+
+
+# --- evictions -----------------------------------------------------------------------------------
+
+EMPTY_DIR_EVICTION = 'Usage of EmptyDir volume "workspace" exceeds the limit "1Mi". '
+NODE_PRESSURE_EVICTION = "The node was low on resource: ephemeral-storage. "
+
+
+def evicted_pod(message, *, name=POD_NAME, created=STARTED):
+    body = pod_body(terminated_state(137, "Error"), name=name, created=created, phase="Failed")
+    body["status"].update(reason="Evicted", message=message)
+    return PodView.from_body(body)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        EMPTY_DIR_EVICTION,
+        'Container agent exceeded its local ephemeral storage limit "4Gi". ',
+        "Pod ephemeral local storage usage exceeds the total limit of containers 4Gi. ",
+    ],
+)
+def test_an_eviction_for_the_pods_own_storage_limit_fails_the_task_naming_it(message):
+    pod = evicted_pod(message)
+    assert pod.over_storage_limit
+    seen = Observation(job=job_view(running_job_status(active=0, failed=1)), pod=pod)
+    status = derive_status(task_body(running_status()), seen, NOW)
+    assert (status["phase"], status["reason"]) == ("Failed", "StorageLimitExceeded")
+    assert message.strip() in status["message"] and POD_NAME in status["message"]
+    assert status["conditions"][0]["status"] == "False"
+
+
+def test_an_own_limit_eviction_names_the_cause_even_after_the_job_failed():
+    seen = Observation(
+        job=job_view(failed_job_status("BackoffLimitExceeded")), pod=evicted_pod(EMPTY_DIR_EVICTION)
+    )
+    status = derive_status(task_body(running_status()), seen, NOW)
+    assert status["reason"] == "StorageLimitExceeded"
+    assert status["completionTime"] == FINISHED
+
+
+def test_a_node_pressure_eviction_is_a_disruption_the_job_retries():
+    pod = evicted_pod(NODE_PRESSURE_EVICTION)
+    assert pod.evicted_message == NODE_PRESSURE_EVICTION and not pod.over_storage_limit
+    seen = Observation(job=job_view(running_job_status(active=0)), pod=pod)
+    status = derive_status(task_body(running_status()), seen, NOW)
+    assert status["phase"] == "Running"
+
+
+def test_a_cancel_wins_over_an_eviction_seen_while_stopping():
+    job = job_view(running_job_status(active=0), deleting=True)
+    seen = Observation(job=job, pod=evicted_pod(EMPTY_DIR_EVICTION))
+    status = derive_status(task_body(running_status(), cancel=True), seen, NOW)
+    assert status["phase"] == "Cancelling"
+
+
+def test_the_evicted_attempt_decides_even_when_the_job_started_another():
+    evicted = evicted_pod(EMPTY_DIR_EVICTION, name=f"{TASK_NAME}-aaaaa", created=STARTED)
+    retry = pod_view(CREATING_STATE, name=f"{TASK_NAME}-bbbbb", created=FINISHED, phase="Pending")
+    assert newest_pod([evicted, retry]) == retry
+    assert deciding_pod([evicted, retry]) == evicted
+    plain = pod_view(terminated_state(1, "Error"), name=f"{TASK_NAME}-ccccc")
+    assert deciding_pod([plain, retry]) == retry
+    assert deciding_pod([]) is None
