@@ -173,6 +173,12 @@ def test_an_existing_job_is_used_only_when_the_task_owns_it(owners: list, outcom
                 assert all(p.get("phase") != "Failed" for _, p in patches)
             else:
                 assert reservation is not None and reservation.created
+                assert patches == []  # the status follows once the watch shows the Job
+                owner = {**owners[0], "controller": True}
+                meta = {"name": "clash", "namespace": NS, "uid": "job-uid", "ownerReferences": [owner]}
+                job = project_job({"metadata": meta, "spec": {}, "status": {}})
+                controller.jobs.put((NS, "clash"), job, "2")
+                await controller.reconcile(key)
                 assert patches[-1][1]["jobName"] == "clash"
             methods = {(m, p) for m, p, _ in fake.requests}
             assert not any(m in ("DELETE", "PUT") for m, _ in methods)
@@ -231,7 +237,7 @@ def test_one_hung_task_does_not_hold_up_the_others():
             controller.admit()
             workers = [asyncio.create_task(controller._worker()) for _ in range(2)]
             started = time.monotonic()
-            while not any(name == "quick" and p.get("jobName") for name, p in patches):
+            while not (controller.reserved.get("uid-quick") and controller.reserved["uid-quick"].created):
                 await asyncio.sleep(0.05)
                 assert time.monotonic() - started < 2, "the quick Task waited for the slow one"
             for worker in workers:
