@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import Cluster
+from tests.e2e.conftest import operator_image  # noqa: F401  (the liveness test runs the chart)
 from tests.fault.proxy import FaultProxy
 from tests.integration.conftest import (  # noqa: F401  (fixtures shared with the integration tier)
     Kube,

@@ -1,5 +1,6 @@
 """A TCP fault proxy for the fault tier: sits between the operator and the API server and, on request,
-black-holes connections (bytes stop, sockets stay open) or resets them.
+black-holes connections (bytes stop, sockets stay open), swallows only what the client sends (requests
+hang while open watch streams keep delivering), or resets them.
 
 TLS passes through untouched (it is a layer-4 proxy), so the operator talks to the real API server
 with its real certificates; only the transport misbehaves. Threads rather than asyncio, so the proxy
@@ -15,20 +16,26 @@ import threading
 
 
 class _Connection:
-    def __init__(self, downstream: socket.socket, upstream: socket.socket, black_holed: bool) -> None:
+    def __init__(
+        self, downstream: socket.socket, upstream: socket.socket, black_holed: bool, requests_dropped: bool
+    ) -> None:
         self.downstream, self.upstream = downstream, upstream
         self.black_holed = threading.Event()
         if black_holed:
             self.black_holed.set()
+        self.requests_dropped = threading.Event()
+        if requests_dropped:
+            self.requests_dropped.set()
         self.closed = False
 
     def pump(self, source: socket.socket, target: socket.socket) -> None:
+        towards_server = source is self.downstream
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if self.black_holed.is_set():
+                if self.black_holed.is_set() or (towards_server and self.requests_dropped.is_set()):
                     # A half-open connection: what is sent is never delivered, and nothing comes back.
                     # Keep reading so the sender never sees back-pressure either.
                     continue
@@ -51,12 +58,14 @@ class _Connection:
 
 class FaultProxy:
     def __init__(self, upstream_host: str, upstream_port: int, listen_host: str = "127.0.0.1") -> None:
+        # listen_host: the node's address to serve pods (an operator in the cluster), loopback otherwise.
         self.upstream = (upstream_host, upstream_port)
         self._listener = socket.create_server((listen_host, 0))
         self.port = self._listener.getsockname()[1]
         self._connections: list[_Connection] = []
         self._lock = threading.Lock()
         self._stalled = False
+        self._dropping_requests = False
         self.accepted = 0
 
     def start(self) -> FaultProxy:
@@ -76,7 +85,9 @@ class FaultProxy:
                 downstream.close()
                 continue
             with self._lock:
-                connection = _Connection(downstream, upstream, black_holed=self._stalled)
+                connection = _Connection(
+                    downstream, upstream, black_holed=self._stalled, requests_dropped=self._dropping_requests
+                )
                 self._connections.append(connection)
                 self.accepted += 1
             threading.Thread(target=connection.pump, args=(downstream, upstream), daemon=True).start()
@@ -90,10 +101,20 @@ class FaultProxy:
             for connection in self._connections:
                 connection.black_holed.set()
 
+    def drop_requests(self) -> None:
+        """What clients send is swallowed on every open connection and every new one until
+        :meth:`heal`; what the server sends still arrives. Requests never get an answer, while watch
+        streams opened before keep delivering events: work keeps arriving and none can be done."""
+        with self._lock:
+            self._dropping_requests = True
+            for connection in self._connections:
+                connection.requests_dropped.set()
+
     def heal(self) -> None:
         """New connections work again; the silent ones stay silent (the client must give up on them)."""
         with self._lock:
             self._stalled = False
+            self._dropping_requests = False
 
     def reset_all(self) -> int:
         """Resets every open connection (RST); returns how many."""
