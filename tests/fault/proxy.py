@@ -43,7 +43,10 @@ class _Connection:
         except OSError:
             pass
         finally:
-            self.close()
+            if not (self.black_holed.is_set() or self.requests_dropped.is_set()):
+                self.close()
+            # Otherwise the connection stays half-open: when the server gives up on a connection that
+            # carries nothing, the client must not learn of it either (stop() closes it in the end).
 
     def close(self, reset: bool = False) -> None:
         if self.closed:

@@ -52,11 +52,14 @@ def in_cluster_proxy(cluster: Cluster) -> Iterator[FaultProxy]:
 def release_through_proxy(
     cluster: Cluster, namespace: str, in_cluster_proxy: FaultProxy, tmp_path: Path
 ) -> Iterator[Release]:
-    release = Release(cluster, f"liveness-{uuid.uuid4().hex[:6]}", namespace)
+    release = Release(cluster, f"taskyard-liveness-{uuid.uuid4().hex[:6]}", namespace)
     values = {
         "watchNamespaces": [namespace],
         "agents": {"shell": {"enabled": False}},  # the test namespace has its own shell Agent
         "metrics": {"service": {"enabled": False}},
+        # Restart after two failed checks five seconds apart: sooner than the calls' own time limits
+        # (the TLS handshake's 60 s among them) would end the stall by themselves.
+        "livenessProbe": {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 5},
         "extraEnv": [
             {"name": "KUBERNETES_SERVICE_HOST", "value": node_address(cluster)},
             {"name": "KUBERNETES_SERVICE_PORT", "value": str(in_cluster_proxy.port)},
@@ -138,12 +141,19 @@ def test_a_stalled_work_loop_fails_liveness_and_the_kubelet_restarts_the_operato
         assert not kube.jobs(name), "a Job was created although every request was swallowed"
 
     in_cluster_proxy.heal()  # the stuck process keeps its silent connections; a new one starts afresh
-    kube.wait_for(
-        "the kubelet to restart the operator",
-        lambda: restarts(operator_pod(cluster, release)) >= 1,
-        timeout=180,
-        interval=2,
-    )
+    try:
+        kube.wait_for(
+            "the kubelet to restart the operator",
+            lambda: restarts(operator_pod(cluster, release)) >= 1,
+            timeout=180,
+            interval=2,
+        )
+    except BaseException:
+        name = pod["metadata"]["name"]
+        logs = cluster.kubectl("-n", release.namespace, "logs", name, "--tail=40", check=False).stdout
+        events = cluster.kubectl("-n", release.namespace, "get", "events", check=False).stdout
+        print(f"--- operator log ---\n{logs}\n--- events ---\n{events}")
+        raise
     for name in names:
         task = kube.wait_for_phase(name, "Succeeded", timeout=180)
         assert name in task["status"]["logTail"]
