@@ -25,7 +25,8 @@ DEFAULT_RESOURCES: dict[str, Any] = {
     "limits": {"cpu": "1", "memory": "512Mi"},
 }
 # Without a limit, an agent that fills the node's disk is evicted for disk pressure, which the pod
-# failure policy treats as a disruption and retries without end; with one, only the agent is evicted.
+# failure policy treats as a disruption and retries without end; with one, only the agent is evicted
+# (and the operator fails its Task with StorageLimitExceeded).
 DEFAULT_EPHEMERAL_STORAGE_LIMIT = "4Gi"
 DEFAULT_EPHEMERAL_STORAGE_REQUEST = "64Mi"
 DEFAULT_WORKSPACE_SIZE_LIMIT = "2Gi"
