@@ -621,7 +621,8 @@ class Controller:
             raise
         reservation.created = True
         metrics.ADMISSION_WAIT.observe(max(time.time() - _epoch(task.created), 0))
-        self.events.record(body, "Normal", "Admitted", f"created Job {job['metadata']['name']}")
+        message = f"created Job {job['metadata']['name']}; waiting for its pod to start"
+        self.events.record(body, "Normal", "Admitted", message)
         return True
 
     async def _creation_failed(self, task: TaskRecord, reason: str) -> None:
@@ -1013,6 +1014,8 @@ def _missing_agent(namespace: str, name: str) -> str:
 
 def _announce(events: EventRecorder, task: dict[str, Any], status: dict[str, Any]) -> None:
     phase, reason, message = status.get("phase"), status.get("reason", ""), status.get("message", "")
+    if reason == "Starting":
+        return  # the Admitted event said as much, a moment before: an Event is a write like any other
     warning = phase == "Failed" or reason == "AgentNotFound"
     events.record(task, "Warning" if warning else "Normal", reason or phase or "Unknown", message)
 
