@@ -25,7 +25,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +37,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from taskyard import metrics
 from taskyard.api import API_VERSION, GROUP, LABEL_TASK, VERSION, SpecError, parse_agent_spec, parse_task_spec
+from taskyard.apiwrite import send
 from taskyard.events import EventRecorder
 from taskyard.informer import Informer, ResourceType, Store
 from taskyard.logstore import attempts_to_keep, log_config_map_name, log_key, pack_log, pod_key
@@ -300,12 +301,9 @@ class Controller:
         if new is None:
             self.admission_needed.set()  # its slot or place in the queue is free
             return
-        if new.waiting:
-            try:
-                self.waiting.add(new.uid, new.namespace, new.name, new.priority, _epoch(new.created))
-            except ValueError:
-                self.waiting.remove(new.uid)  # an unknown priority: the worker fails it with InvalidSpec
-        else:
+        if new.waiting and new.uid not in self.reserved:
+            self._wait_in_line(new)
+        elif not new.waiting:
             self.waiting.remove(new.uid)
         if old is None or old.waiting != new.waiting or old.uid != new.uid:
             self.admission_needed.set()
@@ -346,6 +344,18 @@ class Controller:
         due = self._tidy_due(task)
         if due is not None:  # a finished Task costs nothing until its clean-up is due
             self.queue.add_after(task.key, due - time.time())
+
+    def _wait_in_line(self, task: TaskRecord) -> bool:
+        """Puts a Task that needs a Job (and has no reservation) in the waiting queue; True if it was
+        not there. Admission takes a Task out when it reserves its slot, so that a pass reads only
+        Tasks that still wait; every path that gives the slot back comes through here again."""
+        if task.uid in self.waiting:
+            return False
+        try:
+            self.waiting.add(task.uid, task.namespace, task.name, task.priority, _epoch(task.created))
+        except ValueError:
+            return False  # an unknown priority: the worker fails it with InvalidSpec
+        return True
 
     def _tidy_due(self, task: TaskRecord) -> float | None:
         """When a finished Task next needs work (its Job's retention ends, or its TTL), if ever."""
@@ -439,15 +449,24 @@ class Controller:
             per_agent=_AgentLimits(self),
         )
         chosen_agents: dict[tuple[str, str], tuple[TaskRecord, ResolvedAgent]] = {}
-        candidates = self._candidates(now, chosen_agents)
-        chosen = select_in_order(candidates, self._slot_holders(), limits)
+        candidates: Iterable[QueueEntry] = self._candidates(now, chosen_agents)
+        holders = self._slot_holders
+        if limits.total is None and limits.per_namespace is None:
+            # Without a limit in total or per namespace, every candidate is read anyway; when none of
+            # their agents is limited either, who holds a slot does not matter, and counting the
+            # holders (every unfinished Job and live pod) would be most of a pass's cost.
+            candidates = list(candidates)
+            if not any(limits.per_agent.get(entry.agent) for entry in candidates):
+                holders = list
+        chosen = select_in_order(candidates, holders(), limits)
         metrics.QUEUE_DEPTH.set(max(len(self.waiting) - len(chosen), 0))
         keys = []
         for entry in chosen:
             task, agent = chosen_agents[(entry.namespace, entry.name)]
-            # It stays in the waiting queue (skipped while reserved) until its status names its Job,
-            # so a Job creation that fails puts it back in line without anything to undo.
+            # Out of the waiting queue while it holds a reservation; a Job creation that fails gives the
+            # reservation back, and the Task's next reconcile puts it back in line (_wait_in_line).
             self.reserved[task.uid] = Reservation(task.namespace, agent, job_name_for(task.name), now)
+            self.waiting.remove(task.uid)
             self.queue.add(task.key)
             keys.append(task.key)
         return keys
@@ -533,6 +552,14 @@ class Controller:
             return
         if task.deleting or self.current_status(task).get("phase") in TERMINAL_PHASES:
             return
+        if (
+            task.waiting
+            and uid not in self.reserved
+            and self._job_of(uid) is None
+            and not self.current_status(task).get("jobName")
+            and self._wait_in_line(task)
+        ):
+            self.admission_needed.set()  # back in line after a failed start, or a reservation expired
         reservation = self.reserved.get(uid)
         if reservation is not None and not reservation.created:
             if task.cancel:
@@ -640,7 +667,7 @@ class Controller:
     ) -> None:
         """Creates an object named after the Task; an existing one is accepted only if the Task owns it."""
         try:
-            await create(task.namespace, body)
+            await send(create, task.namespace, body)
             return
         except ApiException as error:
             if error.status != 409:
@@ -862,7 +889,7 @@ class Controller:
             body = self._log_config_map(task)
             body["binaryData"] = {log_key(attempt): packed}
             body["data"] = {pod_key(attempt): pod_name}
-            await core.create_namespaced_config_map(task.namespace, body)
+            await send(core.create_namespaced_config_map, task.namespace, body)
             return
         if not any(owner.uid == task.uid for owner in existing.metadata.owner_references or []):
             logger.warning(
@@ -878,7 +905,7 @@ class Controller:
             "binaryData": {log_key(attempt): packed, **{log_key(n): None for n in dropped}},
             "data": {pod_key(attempt): pod_name, **{pod_key(n): None for n in dropped}},
         }
-        await core.patch_namespaced_config_map(name, task.namespace, patch)
+        await send(core.patch_namespaced_config_map, name, task.namespace, patch)
 
     async def _read_pod(self, namespace: str, pod: PodView) -> PodView:
         try:
@@ -892,8 +919,9 @@ class Controller:
     async def _delete_job(self, namespace: str, name: str, propagation: str = "Foreground") -> None:
         # Foreground: the Job stays (and keeps its slot) until its pods are gone, so a cancelled Task
         # cannot let a queued one start while its agent is still shutting down.
+        batch = client.BatchV1Api(self.api)
         await _delete_ignoring_missing(
-            client.BatchV1Api(self.api).delete_namespaced_job(name, namespace, propagation_policy=propagation)
+            send(batch.delete_namespaced_job, name, namespace, propagation_policy=propagation)
         )
 
     async def _delete_claim(self, task: TaskRecord, claim: str) -> None:

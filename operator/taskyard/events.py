@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from taskyard.api import API_VERSION
+from taskyard.apiwrite import send
 
 logger = logging.getLogger("taskyard.events")
 MESSAGE_LIMIT = 1024
@@ -61,8 +62,11 @@ class EventRecorder:
         while True:
             body = await self.queue.get()
             try:
-                await core.create_namespaced_event(
-                    body["metadata"]["namespace"], body, _request_timeout=self.timeout
+                await send(
+                    core.create_namespaced_event,
+                    body["metadata"]["namespace"],
+                    body,
+                    _request_timeout=self.timeout,
                 )
             except asyncio.CancelledError:
                 raise

@@ -106,14 +106,19 @@ def test_a_quota_refusal_gives_the_slot_back_and_backs_off_on_its_own():
 
             [key] = controller.admit()
             assert key[1] == "blocked"
+            assert "uid-blocked" not in controller.waiting  # a pass reads only Tasks that still wait
             with pytest.raises(Exception, match="403"):
                 await controller.reconcile(key)
             assert "uid-blocked" not in controller.reserved  # the slot is free again
             [(name, patch)] = patches
             assert name == "blocked" and patch["reason"] == "JobCreateFailed"
             assert "exceeded quota" in patch["message"] and "trying again in 1s" in patch["message"]
-            # The next pass admits the Task behind it; the refused one waits out its back-off.
+            # The next pass admits the Task behind it; the refused one waits out its back-off, back in
+            # line from its next reconcile on.
             assert [k[1] for k in controller.admit()] == ["behind"]
+            await controller.reconcile(key)
+            assert "uid-blocked" in controller.waiting
+            assert controller.admit() == []
             await controller.api.close()
 
     run(scenario())
