@@ -3,8 +3,9 @@
 Runs against the cluster of $KUBECONFIG with the operator out of cluster (``python -m taskyard``), and
 prints figures; it is not a test. Six measurements:
 
-1. burst  - N Tasks applied as fast as a client can; time until every Task has its Job, its pod and a
-            status, and apply→Job latency per Task (from watch event receipt times).
+1. burst  - N Tasks applied as fast as a client can; time until every Task has its Job and a status
+            (and, beside it, until every pod exists), and apply→Job latency per Task (from watch event
+            receipt times).
 2. floor  - the same N Tasks handled by a minimal controller that only makes the writes no operator
             can avoid (create the Job, one status patch), same client library and concurrency.
             operator / floor is the headline figure.
@@ -449,12 +450,13 @@ class Bench:
             "n": n,
             "controller": controller,
             "apply_seconds": round(applied, 3),
-            # Until every Task has its Job, its pod and a status: the Job controller's pod creates load
-            # the same API server, and they belong in the floor's time as much as in the operator's.
-            "total_seconds": round(finished - started, 3),
-            # Until every Task has its Job and a status (the measure before 2026-12-02), which ends the
-            # floor's clock while the Job controller is still creating its pods.
-            "jobs_and_status_seconds": round(handled - started, 3),
+            # Until every Task has its Job and a status: what the controller under test does.
+            "total_seconds": round(handled - started, 3),
+            # Until every Task also has its pod. The Job controller's pod creates load the same API
+            # server; the floor's total stops before most of them, the operator's longer run overlaps
+            # them. Shown beside the total, not instead of it: the Job controller's own client rate
+            # limit sets most of this figure, for both.
+            "with_pods_seconds": round(finished - started, 3),
             "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
             "latency_p95_ms": round(percentile(latencies, 0.95) * 1000, 1),
             "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
@@ -1018,10 +1020,11 @@ async def main() -> int:
                     f"(p50 {floor['latency_p50_ms']} ms) -> operator/floor {ratio}",
                     flush=True,
                 )
-                handled = round(operator["jobs_and_status_seconds"] / floor["jobs_and_status_seconds"], 2)
+                with_pods = round(operator["with_pods_seconds"] / floor["with_pods_seconds"], 2)
+                results.setdefault("ratios_with_pods", {})[str(n)] = with_pods
                 print(
-                    f"  until Jobs and statuses only: operator {operator['jobs_and_status_seconds']}s, floor "
-                    f"{floor['jobs_and_status_seconds']}s -> {handled}",
+                    f"  until every pod exists too: operator {operator['with_pods_seconds']}s, floor "
+                    f"{floor['with_pods_seconds']}s -> {with_pods}",
                     flush=True,
                 )
                 print(f"  CPU, floor: {cpu_line(floor)}\n  CPU, operator: {cpu_line(operator)}", flush=True)
