@@ -206,6 +206,10 @@ class Controller:
         # (salvaged at a cancel) is read once more when it has ended, for what it printed meanwhile.
         self.logs_collected_from: dict[str, tuple[str, bool]] = {}
         self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
+        # uid -> name of the Job this operator created, until the Task is final: the status names its Job
+        # only once the watch has shown it, and a Job that vanishes before that must fail the Task
+        # (JobDeleted), never be created a second time.
+        self.created_jobs: dict[str, str] = {}
         self.admission_needed = asyncio.Event()
         self.events = EventRecorder(self.api)
         self.synced = False
@@ -339,7 +343,7 @@ class Controller:
             self.queue.add(task.key)
             return
         # Nothing of a finished Task is needed in memory beyond its record.
-        for memory in (self.reserved, self.logs_collected_from, self.blocked_until):
+        for memory in (self.reserved, self.logs_collected_from, self.blocked_until, self.created_jobs):
             memory.pop(task.uid, None)
         due = self._tidy_due(task)
         if due is not None:  # a finished Task costs nothing until its clean-up is due
@@ -373,7 +377,13 @@ class Controller:
         uid = key[2]
         self.queue.discard(key)
         self.waiting.remove(uid)
-        for memory in (self.reserved, self.written, self.logs_collected_from, self.blocked_until):
+        for memory in (
+            self.reserved,
+            self.written,
+            self.logs_collected_from,
+            self.blocked_until,
+            self.created_jobs,
+        ):
             memory.pop(uid, None)
 
     # --- lookups -----------------------------------------------------------------------------------
@@ -442,6 +452,8 @@ class Controller:
                 del self.reserved[uid]  # its Job never showed up: the worker finds out what happened
                 task = self._task_by_uid(uid)
                 if task is not None:
+                    if task.waiting and uid not in self.created_jobs:
+                        self._wait_in_line(task)  # keeps its turn: this very pass may admit it again
                     self.queue.add(task.key)
         limits = Limits(
             total=self.settings.max_concurrent,
@@ -555,6 +567,7 @@ class Controller:
         if (
             task.waiting
             and uid not in self.reserved
+            and uid not in self.created_jobs
             and self._job_of(uid) is None
             and not self.current_status(task).get("jobName")
             and self._wait_in_line(task)
@@ -647,6 +660,7 @@ class Controller:
             await self._creation_failed(task, _describe(error))
             raise
         reservation.created = True
+        self.created_jobs[task.uid] = job["metadata"]["name"]
         metrics.ADMISSION_WAIT.observe(max(time.time() - _epoch(task.created), 0))
         message = f"created Job {job['metadata']['name']}; waiting for its pod to start"
         self.events.record(body, "Normal", "Admitted", message)
@@ -723,7 +737,7 @@ class Controller:
             del self.reserved[task.uid]  # the Job holds the slot from now on
             reservation = None
         pods = self._pods_of(job) if job is not None else []
-        pod = deciding_pod(pods)
+        pod = deciding_pod(pods, job_complete=job is not None and job.view.complete)
         extra: dict[str, Any] = {}
         collected_pod = None
         stop_job = job is not None and not job.view.finished and not job.view.deleting
@@ -757,8 +771,9 @@ class Controller:
         if stop_job and desired.get("phase") == "Failed" and desired.get("reason") in STOPPED_BY_OPERATOR:
             # The kubelet or the Job controller would keep trying (and hold the slot) until the timeout.
             await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
-        if job is None and requested is None and current.get("jobName") and not spec.get("cancel"):
-            desired = _job_lost(desired, current["jobName"])
+        known_job = current.get("jobName") or self.created_jobs.get(task.uid)
+        if job is None and requested is None and known_job and not spec.get("cancel"):
+            desired = _job_lost(desired, known_job)
         backing_off = self.blocked_until.get(task.uid, 0) > time.monotonic()
         if (
             backing_off

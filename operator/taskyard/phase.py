@@ -182,9 +182,12 @@ def newest_pod(pods: list[PodView]) -> PodView | None:
     return max(pods, key=lambda pod: (pod.created, pod.name), default=None)
 
 
-def deciding_pod(pods: list[PodView]) -> PodView | None:
+def deciding_pod(pods: list[PodView], job_complete: bool = False) -> PodView | None:
     """The pod whose state the Task reports: the newest, unless an attempt was evicted for passing its
-    own storage limits (the Job may already have started another; that eviction decides the Task)."""
+    own storage limits (the Job may already have started another; that eviction decides the Task) and
+    the Job has not succeeded meanwhile (then the attempt that succeeded is the one to report)."""
+    if job_complete:
+        return newest_pod(pods)
     return next((pod for pod in pods if pod.over_storage_limit), None) or newest_pod(pods)
 
 

@@ -453,3 +453,45 @@ def test_the_agents_result_record_is_in_the_status_and_its_usage_in_the_metrics(
             await controller.api.close()
 
     run(scenario())
+
+
+def test_an_expired_reservation_keeps_its_turn():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            controller = controller_for(fake, max_concurrent=1)
+            add_task(controller, task_body("first", priority="critical"))
+            add_task(controller, task_body("second", priority="low"))
+            [key] = controller.admit()
+            assert key[1] == "first" and "uid-first" not in controller.waiting
+            controller.reserved["uid-first"].at -= 200  # its Job never showed up in the watch
+            # The slot is given back and taken again by the Task whose turn it is, not the one behind.
+            assert [k[1] for k in controller.admit()] == ["first"]
+            assert "uid-second" in controller.waiting and "uid-second" not in controller.reserved
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_a_job_that_vanishes_before_the_watch_shows_it_fails_the_task_and_is_never_made_twice():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("gone")
+            fake.route(CONFIG_MAPS, created())
+            fake.route(JOBS, created("Job"))
+            controller = controller_for(fake)
+            add_task(controller, task_body("gone"))
+            [key] = controller.admit()
+            await controller.reconcile(key)  # the Job is created; its status waits for the watch
+            assert patches == []
+            controller.reserved["uid-gone"].at -= 200  # deleted before the watch ever showed it
+            assert controller.admit() == []
+            await controller.reconcile(key)
+            [(_, patch)] = patches
+            assert (patch["phase"], patch["reason"]) == ("Failed", "JobDeleted")
+            assert "the Job gone was deleted outside taskyard" in patch["message"]
+            assert [(m, p) for m, p, _ in fake.requests if p == JOBS] == [("POST", JOBS)]
+            await controller.api.close()
+
+    run(scenario())

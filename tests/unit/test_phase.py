@@ -1214,3 +1214,5 @@ def test_the_evicted_attempt_decides_even_when_the_job_started_another():
     plain = pod_view(terminated_state(1, "Error"), name=f"{TASK_NAME}-ccccc")
     assert deciding_pod([plain, retry]) == retry
     assert deciding_pod([]) is None
+    # A later attempt that succeeded is what the Task reports (its exit code, its result and log).
+    assert deciding_pod([evicted, retry], job_complete=True) == retry
