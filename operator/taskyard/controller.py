@@ -361,6 +361,18 @@ class Controller:
             return False  # an unknown priority: the worker fails it with InvalidSpec
         return True
 
+    def _back_in_line(self, task: TaskRecord) -> bool:
+        """Puts a Task back in the waiting queue when it still needs a Job and nothing stands for one
+        (no reservation, no Job created or seen, none named in its status); True if it was put back."""
+        return (
+            task.waiting
+            and task.uid not in self.reserved
+            and task.uid not in self.created_jobs
+            and self._job_of(task.uid) is None
+            and not self.current_status(task).get("jobName")
+            and self._wait_in_line(task)
+        )
+
     def _tidy_due(self, task: TaskRecord) -> float | None:
         """When a finished Task next needs work (its Job's retention ends, or its TTL), if ever."""
         finished = _epoch(task.status.get("completionTime"))
@@ -452,8 +464,7 @@ class Controller:
                 del self.reserved[uid]  # its Job never showed up: the worker finds out what happened
                 task = self._task_by_uid(uid)
                 if task is not None:
-                    if task.waiting and uid not in self.created_jobs:
-                        self._wait_in_line(task)  # keeps its turn: this very pass may admit it again
+                    self._back_in_line(task)  # keeps its turn: this very pass may admit it again
                     self.queue.add(task.key)
         limits = Limits(
             total=self.settings.max_concurrent,
@@ -564,14 +575,7 @@ class Controller:
             return
         if task.deleting or self.current_status(task).get("phase") in TERMINAL_PHASES:
             return
-        if (
-            task.waiting
-            and uid not in self.reserved
-            and uid not in self.created_jobs
-            and self._job_of(uid) is None
-            and not self.current_status(task).get("jobName")
-            and self._wait_in_line(task)
-        ):
+        if self._back_in_line(task):
             self.admission_needed.set()  # back in line after a failed start, or a reservation expired
         reservation = self.reserved.get(uid)
         if reservation is not None and not reservation.created:
