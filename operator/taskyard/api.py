@@ -298,6 +298,146 @@ class WorkspaceSpec(_Model):
     )
 
 
+REPOSITORY_URL_PATTERN = r"^((https?|ssh|git)://[^\s]+|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+)$"
+# Branch, tag and commit names as git accepts them, in the part that a pattern can say: no spaces,
+# control characters or ~^:?*[\\, and not starting with '-' (it would read as an option).
+GIT_REF_PATTERN = r"^[A-Za-z0-9_.][A-Za-z0-9_./+@-]*$"
+_GIT_REF_RULES = [
+    {"rule": "!self.contains('..')", "message": "a git ref cannot contain '..'"},
+    {
+        "rule": "!self.endsWith('/') && !self.endsWith('.lock')",
+        "message": "a git ref cannot end in '/' or '.lock'",
+    },
+]
+_CREDENTIALS_IN_URL = re.compile(r"^[a-z]+://[^/@]*:[^/@]*@")
+
+
+def _check_git_ref(value: Any) -> Any:
+    if isinstance(value, str) and (".." in value or value.endswith(("/", ".lock"))):
+        raise ValueError(f"{_show(value)} is not a git ref: it cannot contain '..' or end in '/' or '.lock'")
+    return value
+
+
+GitRef = Annotated[
+    str,
+    Field(
+        pattern=GIT_REF_PATTERN,
+        max_length=255,
+        json_schema_extra={"x-kubernetes-validations": _GIT_REF_RULES},
+    ),
+    _matching(
+        GIT_REF_PATTERN,
+        "use a branch, tag or commit name: letters, digits and . _ / + @ -, not starting with '-' or '/'",
+    ),
+    AfterValidator(_check_git_ref),
+]
+
+
+class SecretName(_Model):
+    """A Secret in the Task's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+
+
+def _no_credentials_in_url(url: str) -> str:
+    if _CREDENTIALS_IN_URL.match(url):
+        raise ValueError(
+            "the URL carries a password or token; put it in a Secret (key token) and name the Secret "
+            "in spec.repository.secretRef"
+        )
+    return url
+
+
+class RepositorySpec(_Model):
+    """A git repository cloned into /workspace before the agent runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.push) || !self.push || has(self.branch)",
+                    "message": "spec.repository.push needs spec.repository.branch: the branch to push to",
+                }
+            ]
+        }
+    )
+
+    url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            pattern=REPOSITORY_URL_PATTERN,
+            json_schema_extra={
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!self.matches('^[a-z]+://[^/@]*:[^/@]*@')",
+                        "message": "the URL carries a password or token; put it in a Secret (key token) "
+                        "and name the Secret in spec.repository.secretRef",
+                    }
+                ]
+            },
+        ),
+        _matching(
+            REPOSITORY_URL_PATTERN,
+            "use an https://, http://, ssh:// or git:// URL, or user@host:path",
+        ),
+        AfterValidator(_no_credentials_in_url),
+    ] = Field(
+        description="Where to clone from: an https://, http://, ssh:// or git:// URL, or user@host:path."
+    )
+    ref: GitRef | None = Field(
+        None, description="Branch, tag or commit to check out; the repository's default branch when unset."
+    )
+    branch: GitRef | None = Field(
+        None,
+        description="Branch for the agent's work: checked out from the remote when it exists there, "
+        "else created at ref.",
+    )
+    push: bool = Field(
+        False, description="Commit what the agent changed on branch and push it when the agent is done."
+    )
+    secret_ref: SecretName | None = Field(
+        None,
+        description="Secret with the credentials: key token (HTTPS), or ssh-privatekey and optionally "
+        "known_hosts (SSH). Mounted for the agent's container only; never part of the Task.",
+    )
+
+    @model_validator(mode="after")
+    def _push_needs_branch(self) -> "RepositorySpec":
+        if self.push and not self.branch:
+            raise ValueError("spec.repository.push needs spec.repository.branch: the branch to push to")
+        return self
+
+
+MAX_TURNS_LIMIT = 10_000
+
+
+class LimitsSpec(_Model):
+    """Limits that stop the agent while it runs. The agent's entrypoint checks them after every event
+    of the CLI's stream; the Task then fails with reason LimitExceeded, keeping its logs and result."""
+
+    max_turns: int | None = Field(
+        None, ge=1, le=MAX_TURNS_LIMIT, description="Most model turns (responses) in the conversation."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, le=10**12, description="Most tokens, input and output together, over the conversation."
+    )
+    max_cost_usd: float | None = Field(
+        None,
+        ge=0.01,
+        le=1_000_000,
+        alias="maxCostUSD",
+        description="Most cost in US dollars (at least 0.01), for CLIs that report cost in their stream.",
+        # The schema's minimum lets a whole 0 through (it compares it as an integer); CEL does not.
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "double(self) >= 0.01", "message": "maxCostUSD must be at least 0.01"}
+            ]
+        },
+    )
+
+
 EXACTLY_ONE_PROMPT = "set exactly one of spec.prompt or spec.promptFrom"
 PROMPT_TOO_LONG = (
     f"spec.prompt is limited to {PROMPT_MAX_CHARS} characters; "
@@ -395,6 +535,12 @@ class TaskSpec(_Model):
     )
     workspace: WorkspaceSpec | None = Field(
         None, description="The /workspace directory: an emptyDir unless a size asks for a volume claim."
+    )
+    repository: RepositorySpec | None = Field(
+        None, description="A git repository cloned into /workspace for the agent, and where its work goes."
+    )
+    limits: LimitsSpec | None = Field(
+        None, description="Turns, tokens and cost after which the agent is stopped while it runs."
     )
     env: list[EnvVar] | None = Field(
         None,
@@ -529,6 +675,11 @@ class AgentSpec(_Model):
     )
     security_context: AgentSecurityContext | None = Field(
         None, description=f"User and group IDs of the agent; all default to {NON_ROOT_DEFAULT_ID}."
+    )
+    read_only_root_filesystem: bool = Field(
+        False,
+        description="Run the agent on a read-only root filesystem; it may write only to /workspace and to "
+        "/tmp, which becomes an emptyDir. The agent images support it.",
     )
 
 

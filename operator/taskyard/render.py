@@ -19,6 +19,13 @@ PROMPT_VOLUME = "prompt"
 PROMPT_DIR = "/etc/taskyard"
 PROMPT_FILE_NAME = "prompt"
 PROMPT_FILE = f"{PROMPT_DIR}/{PROMPT_FILE_NAME}"
+SCRATCH_VOLUME = "tmp"
+SCRATCH_PATH = "/tmp"
+GIT_CREDENTIALS_VOLUME = "git-credentials"
+# Beside the prompt's directory, not inside it: that one is a projected volume the kubelet rewrites.
+GIT_CREDENTIALS_DIR = "/etc/taskyard-git"
+# Readable by the agent's group (the pod's fsGroup) only.
+GIT_CREDENTIALS_MODE = 0o440
 DEFAULT_TIMEOUT = "1h"
 DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
@@ -140,9 +147,52 @@ def _env(task: TaskRef, agent: AgentSpec) -> list[dict[str, Any]]:
         entries.append({"name": "TASK_PROVIDER", "value": spec.provider})
     if spec.model is not None:
         entries.append({"name": "TASK_MODEL", "value": spec.model})
+    entries.extend(_repository_env(spec))
+    entries.extend(_limits_env(spec))
     entries.extend(agent.env or [])
     entries.extend(spec.env or [])
     return _merged_env(copy.deepcopy(entries))
+
+
+def _repository_env(spec: TaskSpec) -> list[dict[str, Any]]:
+    """What the agent images' entrypoint reads to clone the repository and push the agent's work."""
+    repository = spec.repository
+    if repository is None:
+        return []
+    values = {
+        "TASKYARD_REPO_URL": repository.url,
+        "TASKYARD_REPO_REF": repository.ref,
+        "TASKYARD_REPO_BRANCH": repository.branch,
+        "TASKYARD_REPO_PUSH": "true" if repository.push else None,
+        "TASKYARD_GIT_CREDENTIALS": GIT_CREDENTIALS_DIR if repository.secret_ref else None,
+    }
+    return [{"name": name, "value": value} for name, value in values.items() if value is not None]
+
+
+def _limits_env(spec: TaskSpec) -> list[dict[str, Any]]:
+    limits = spec.limits
+    if limits is None:
+        return []
+    values = {
+        "TASKYARD_MAX_TURNS": limits.max_turns,
+        "TASKYARD_MAX_TOKENS": limits.max_tokens,
+        "TASKYARD_MAX_COST_USD": limits.max_cost_usd,
+    }
+    return [
+        {"name": name, "value": f"{value:g}" if isinstance(value, float) else str(value)}
+        for name, value in values.items()
+        if value is not None
+    ]
+
+
+def _git_credentials_volume(spec: TaskSpec) -> dict[str, Any] | None:
+    repository = spec.repository
+    if repository is None or repository.secret_ref is None:
+        return None
+    return {
+        "name": GIT_CREDENTIALS_VOLUME,
+        "secret": {"secretName": repository.secret_ref.name, "defaultMode": GIT_CREDENTIALS_MODE},
+    }
 
 
 def _prompt_volume(spec: TaskSpec) -> dict[str, Any]:
@@ -227,12 +277,20 @@ def _container(task: TaskRef, agent: AgentSpec) -> dict[str, Any]:
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    if agent.read_only_root_filesystem:
+        container["securityContext"]["readOnlyRootFilesystem"] = True
     # Without a termination message the last log lines become one, so a crash still says why.
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     container["volumeMounts"] = [
         {"name": WORKSPACE_VOLUME, "mountPath": WORKSPACE_PATH},
         {"name": PROMPT_VOLUME, "mountPath": PROMPT_DIR, "readOnly": True},
     ]
+    if agent.read_only_root_filesystem:
+        container["volumeMounts"].append({"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH})
+    if _git_credentials_volume(task.spec) is not None:
+        container["volumeMounts"].append(
+            {"name": GIT_CREDENTIALS_VOLUME, "mountPath": GIT_CREDENTIALS_DIR, "readOnly": True}
+        )
     return container
 
 
@@ -292,6 +350,12 @@ def render_job(
     pod_spec["containers"] = [_container(task, agent)]
     size_limit = agent.workspace_size_limit or DEFAULT_WORKSPACE_SIZE_LIMIT
     pod_spec["volumes"] = [_workspace_volume(task, size_limit), _prompt_volume(spec)]
+    if agent.read_only_root_filesystem:
+        # Counted against the pod's ephemeral-storage limit like any write to the root filesystem.
+        pod_spec["volumes"].append({"name": SCRATCH_VOLUME, "emptyDir": {}})
+    credentials = _git_credentials_volume(spec)
+    if credentials is not None:
+        pod_spec["volumes"].append(credentials)
 
     return {
         "apiVersion": "batch/v1",

@@ -37,6 +37,25 @@ def apply(cluster: Cluster, namespace: str, spec: dict, name: str = "bad") -> tu
         ({"agent": "shell", "prompt": "x", "timeout": "99999999h"}, "timeout must be at most 168h (a week)"),
         ({"agent": "shell", "prompt": "x", "env": [{"name": "1ABC", "value": "v"}]}, "spec.env[0].name"),
         ({"agent": "shell", "prompt": "x", "ttlSecondsAfterFinished": -5}, "spec.ttlSecondsAfterFinished"),
+        ({"agent": "shell", "prompt": "x", "repository": {"url": "/srv/repo"}}, "spec.repository.url"),
+        (
+            {"agent": "shell", "prompt": "x", "repository": {"url": "https://me:tok@g.example/r.git"}},
+            "the URL carries a password or token; put it in a Secret",
+        ),
+        (
+            {"agent": "shell", "prompt": "x", "repository": {"url": "https://g.example/r.git", "push": True}},
+            "spec.repository.push needs spec.repository.branch",
+        ),
+        (
+            {
+                "agent": "shell",
+                "prompt": "x",
+                "repository": {"url": "https://g.example/r.git", "ref": "a..b"},
+            },
+            "a git ref cannot contain '..'",
+        ),
+        ({"agent": "shell", "prompt": "x", "limits": {"maxTurns": 0}}, "spec.limits.maxTurns"),
+        ({"agent": "shell", "prompt": "x", "limits": {"maxCostUSD": 0}}, "spec.limits.maxCostUSD"),
     ],
     ids=[
         "missing-agent",
@@ -52,6 +71,12 @@ def apply(cluster: Cluster, namespace: str, spec: dict, name: str = "bad") -> tu
         "timeout-beyond-a-week",
         "bad-env-name",
         "negative-ttl",
+        "repository-not-a-url",
+        "repository-url-with-token",
+        "push-without-branch",
+        "ref-with-dots",
+        "zero-turns",
+        "zero-cost",
     ],
 )
 def test_bad_input_is_rejected_at_apply_time(kube: Kube, spec: dict, expected: str) -> None:

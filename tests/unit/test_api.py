@@ -346,3 +346,104 @@ def test_task_status_model_reads_what_the_operator_writes():
         "Failed",
         "Cancelled",
     }
+
+
+# Repository and limits
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://git.example.com/team/repo.git",
+        "http://git-server.team-a.svc:8080/repo.git",
+        "ssh://git@git.example.com/team/repo.git",
+        "git://git.example.com/repo",
+        "git@github.com:team/repo.git",
+        "https://x-access-token@git.example.com/repo.git",  # a user name alone is not a secret
+    ],
+)
+def test_repository_urls_that_git_clones_are_accepted(url):
+    spec = parse_task_spec({"agent": "coder", "prompt": "x", "repository": {"url": url}})
+    assert spec.repository.url == url
+    assert spec.repository.push is False
+
+
+@pytest.mark.parametrize(
+    ("repository", "expected"),
+    [
+        (
+            {"url": "/srv/repo"},
+            "spec.repository.url: '/srv/repo' is not accepted; use an https://, http://, ssh:// or git:// URL",
+        ),
+        (
+            {"url": "https://me:ghp_secret@github.com/team/repo.git"},
+            "spec.repository.url: the URL carries a password or token; put it in a Secret (key token)",
+        ),
+        (
+            {"url": "https://g/r.git", "push": True},
+            "spec.repository: spec.repository.push needs spec.repository.branch",
+        ),
+        (
+            {"url": "https://g/r.git", "branch": "-x"},
+            "spec.repository.branch: '-x' is not accepted; use a branch, tag or commit name",
+        ),
+        (
+            {"url": "https://g/r.git", "ref": "main..dev"},
+            "spec.repository.ref: 'main..dev' is not a git ref: it cannot contain '..'",
+        ),
+        (
+            {"url": "https://g/r.git", "branch": "work/"},
+            "spec.repository.branch: 'work/' is not a git ref",
+        ),
+        (
+            {"url": "https://g/r.git", "secretRef": {}},
+            "spec.repository.secretRef.name is required",
+        ),
+    ],
+)
+def test_repository_errors_name_the_field_and_what_is_accepted(repository, expected):
+    with pytest.raises(SpecError) as raised:
+        parse_task_spec({"agent": "coder", "prompt": "x", "repository": repository})
+    assert str(raised.value).startswith(expected), str(raised.value)
+
+
+def test_repository_and_limits_read_as_written():
+    spec = parse_task_spec(
+        {
+            "agent": "coder",
+            "prompt": "x",
+            "repository": {
+                "url": "https://g/r.git",
+                "ref": "v1.2.0",
+                "branch": "taskyard/fix-1",
+                "push": True,
+                "secretRef": {"name": "git-token"},
+            },
+            "limits": {"maxTurns": 30, "maxTokens": 200000, "maxCostUSD": 2.5},
+        }
+    )
+    assert spec.repository.ref == "v1.2.0"
+    assert spec.repository.branch == "taskyard/fix-1"
+    assert spec.repository.secret_ref.name == "git-token"
+    assert (spec.limits.max_turns, spec.limits.max_tokens, spec.limits.max_cost_usd) == (30, 200000, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({"maxTurns": 0}, "spec.limits.maxTurns: 0 is invalid; input should be greater than or equal to 1"),
+        (
+            {"maxTokens": -5},
+            "spec.limits.maxTokens: -5 is invalid; input should be greater than or equal to 1",
+        ),
+        (
+            {"maxCostUSD": 0},
+            "spec.limits.maxCostUSD: 0 is invalid; input should be greater than or equal to 0.01",
+        ),
+        ({"maxTurns": "many"}, "spec.limits.maxTurns: 'many' is invalid; input should be a valid integer"),
+    ],
+)
+def test_limit_errors_name_the_field(limits, expected):
+    with pytest.raises(SpecError) as raised:
+        parse_task_spec({"agent": "coder", "prompt": "x", "limits": limits})
+    assert str(raised.value).startswith(expected), str(raised.value)

@@ -223,7 +223,7 @@ def test_task_spec_is_immutable_except_cancel():
     fields = set(spec["properties"])
     assert fields == {
         "agent", "prompt", "promptFrom", "priority", "provider", "model", "timeout", "retries", "workspace",
-        "env", "cancel", "ttlSecondsAfterFinished",
+        "repository", "limits", "env", "cancel", "ttlSecondsAfterFinished",
     }  # fmt: skip
     for field in fields - {"cancel"}:
         unchanged = f"(!has(self.{field}) || self.{field} == oldSelf.{field})"

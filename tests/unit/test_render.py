@@ -445,3 +445,59 @@ def test_a_bad_timeout_is_reported_not_rendered():
     )
     with pytest.raises(ValueError, match="timeout: 'x' is not a duration"):
         render_job(task, make_agent(), "a")
+
+
+# Repository, limits and a read-only root filesystem reach the agent's entrypoint
+
+
+def test_repository_and_limits_become_the_entrypoints_environment():
+    task = make_task(
+        repository={
+            "url": "https://g/r.git",
+            "ref": "main",
+            "branch": "taskyard/fix",
+            "push": True,
+            "secretRef": {"name": "git-token"},
+        },
+        limits={"maxTurns": 12, "maxTokens": 50000, "maxCostUSD": 1.5},
+    )
+    job = render_job(task, make_agent(), "coder")
+    env = {e["name"]: e["value"] for e in env_of(job) if "value" in e}
+    assert env["TASKYARD_REPO_URL"] == "https://g/r.git"
+    assert env["TASKYARD_REPO_REF"] == "main"
+    assert env["TASKYARD_REPO_BRANCH"] == "taskyard/fix"
+    assert env["TASKYARD_REPO_PUSH"] == "true"
+    assert env["TASKYARD_GIT_CREDENTIALS"] == "/etc/taskyard-git"
+    assert (env["TASKYARD_MAX_TURNS"], env["TASKYARD_MAX_TOKENS"], env["TASKYARD_MAX_COST_USD"]) == (
+        "12",
+        "50000",
+        "1.5",
+    )
+    # The Secret is a volume of the agent's container, read-only and not readable by others.
+    assert volume(job, "git-credentials")["secret"] == {"secretName": "git-token", "defaultMode": 0o440}
+    mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "git-credentials")
+    assert mount == {"name": "git-credentials", "mountPath": "/etc/taskyard-git", "readOnly": True}
+    assert not any("secretKeyRef" in str(e) for e in env_of(job))
+
+
+def test_without_repository_or_limits_nothing_of_them_is_rendered():
+    job = render_job(make_task(), make_agent(), "coder")
+    assert not [e for e in env_of(job) if e["name"].startswith("TASKYARD_")]
+    assert {v["name"] for v in pod_spec(job)["volumes"]} == {"workspace", "prompt"}
+
+
+def test_a_public_repository_without_push_has_no_credentials():
+    job = render_job(make_task(repository={"url": "https://g/r.git"}), make_agent(), "coder")
+    names = {e["name"] for e in env_of(job)}
+    assert "TASKYARD_REPO_URL" in names
+    assert names.isdisjoint({"TASKYARD_REPO_PUSH", "TASKYARD_GIT_CREDENTIALS", "TASKYARD_REPO_BRANCH"})
+    assert "git-credentials" not in {v["name"] for v in pod_spec(job)["volumes"]}
+
+
+def test_a_read_only_root_filesystem_comes_with_a_writable_tmp():
+    job = render_job(make_task(), make_agent(readOnlyRootFilesystem=True), "coder")
+    assert container(job)["securityContext"]["readOnlyRootFilesystem"] is True
+    assert volume(job, "tmp") == {"name": "tmp", "emptyDir": {}}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container(job)["volumeMounts"]
+    default = render_job(make_task(), make_agent(), "coder")
+    assert "readOnlyRootFilesystem" not in container(default)["securityContext"]
