@@ -3,7 +3,10 @@
 # and, when the local cluster is running, imports them into containerd's k8s.io namespace.
 #
 #   hack/images.sh            build every image (skipping those whose context did not change), import
-#   hack/images.sh NAME...    only these (pause, busybox-base, shell, python-base, operator)
+#   hack/images.sh NAME...    only these (pause, busybox-base, shell, python-base, operator,
+#                             agent-base, claude-code, codex, gemini-cli, opencode; `agents` for all four)
+#
+# One build at a time: a second call waits for the first (a lock), then finds its images up to date.
 source "$(dirname "$0")/lib.sh"
 
 command -v buildah >/dev/null || die "buildah is missing: run hack/install-deps.sh"
@@ -15,7 +18,11 @@ build_image() {
   local name=$1 context=$2; shift 2
   local ref="$IMAGE_PREFIX/$name:$IMAGE_TAG" archive="$IMAGE_ARCHIVES/$name.tar"
   local hash
-  hash=$( (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$*") | sha256sum | cut -c1-16)
+  if [[ -n "${IMAGE_KEY:-}" ]]; then
+    hash=$( (echo "$IMAGE_KEY"; echo "$*") | sha256sum | cut -c1-16)
+  else
+    hash=$( (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$*") | sha256sum | cut -c1-16)
+  fi
   if [[ -f "$archive" && "$(cat "$archive.hash" 2>/dev/null)" == "$hash" ]] && bah inspect "$ref" >/dev/null 2>&1; then
     log "image $ref: up to date"
     return
@@ -54,33 +61,121 @@ build_busybox_base() {
   rm -rf "$context"
 }
 
-# Debian packages in the Python base; changing this list rebuilds the base.
+# Debian packages of the two Debian bases; changing a list rebuilds that base.
 PYTHON_BASE_PACKAGES="python3,python3-venv,ca-certificates"
+AGENT_ROOTFS_PACKAGES="python3,git,openssh-client,ca-certificates,passwd"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 
-build_python_base() {
+# build_debian_rootfs NAME PACKAGES: an image that is a Debian bookworm root filesystem with PACKAGES.
+build_debian_rootfs() {
+  local name=$1 packages=$2
   command -v mmdebstrap >/dev/null || die "mmdebstrap is missing: run hack/install-deps.sh"
   local context; context=$(mktemp -d)
   cp "$REPO_ROOT/hack/images/python-base/Dockerfile" "$context/"
   # The root filesystem differs byte for byte on every run (timestamps), so the cache key is the recipe.
-  echo "bookworm minbase $PYTHON_BASE_PACKAGES" >"$context/recipe"
-  if [[ -f "$IMAGE_ARCHIVES/python-base.tar" && "$(cat "$IMAGE_ARCHIVES/python-base.recipe" 2>/dev/null)" == "$(cat "$context/recipe")" ]] \
-    && bah inspect "$IMAGE_PREFIX/python-base:$IMAGE_TAG" >/dev/null 2>&1; then
-    log "image $IMAGE_PREFIX/python-base:$IMAGE_TAG: up to date"
+  echo "bookworm minbase $packages" >"$context/recipe"
+  if [[ -f "$IMAGE_ARCHIVES/$name.tar" && "$(cat "$IMAGE_ARCHIVES/$name.recipe" 2>/dev/null)" == "$(cat "$context/recipe")" ]] \
+    && bah inspect "$IMAGE_PREFIX/$name:$IMAGE_TAG" >/dev/null 2>&1; then
+    log "image $IMAGE_PREFIX/$name:$IMAGE_TAG: up to date"
     rm -rf "$context"
     return
   fi
-  log "assembling a Debian root filesystem with $PYTHON_BASE_PACKAGES (mmdebstrap)"
-  mmdebstrap --quiet --variant=minbase --include="$PYTHON_BASE_PACKAGES" --skip=output/dev \
+  log "assembling a Debian root filesystem with $packages (mmdebstrap)"
+  mmdebstrap --quiet --variant=minbase --include="$packages" --skip=output/dev \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     bookworm "$context/rootfs.tar" "deb $DEBIAN_MIRROR bookworm main" \
     "deb $DEBIAN_SECURITY_MIRROR bookworm-security main"
-  rm -f "$IMAGE_ARCHIVES/python-base.tar.hash"
-  build_image python-base "$context"
-  cp "$context/recipe" "$IMAGE_ARCHIVES/python-base.recipe"
+  rm -f "$IMAGE_ARCHIVES/$name.tar.hash"
+  build_image "$name" "$context"
+  cp "$context/recipe" "$IMAGE_ARCHIVES/$name.recipe"
   rm -rf "$context"
+}
+
+build_python_base() { build_debian_rootfs python-base "$PYTHON_BASE_PACKAGES"; }
+
+# --- agent images: the base (git, Python, the entrypoint, a non-root user), then one per CLI --------
+
+AGENTS=(claude-code codex gemini-cli opencode)
+NPM_CACHE="$TASKYARD_CACHE/npm"
+
+build_agent_base() {
+  build_debian_rootfs agent-rootfs "$AGENT_ROOTFS_PACKAGES"
+  local context; context=$(mktemp -d)
+  cp "$REPO_ROOT/agents/base/Dockerfile" "$REPO_ROOT/agents/entrypoint/taskyard_agent.py" "$context/"
+  # The recipe is an argument, so a rebuilt root filesystem rebuilds the base too.
+  build_image agent-base "$context" --build-arg "BASE=$IMAGE_PREFIX/agent-rootfs:$IMAGE_TAG" \
+    --build-arg "ROOTFS_RECIPE=$AGENT_ROOTFS_PACKAGES"
+  rm -rf "$context"
+}
+
+# npm_unpack SPEC DIR: the npm package SPEC (name@version), fetched once into the cache, unpacked in DIR.
+npm_unpack() {
+  local spec=$1 dir=$2
+  command -v npm >/dev/null || die "npm is missing: run hack/install-deps.sh"
+  local archive="$NPM_CACHE/$(printf '%s' "$spec" | tr '/@' '__').tgz"
+  if [[ ! -f "$archive" ]]; then
+    log "fetching $spec from the npm registry"
+    mkdir -p "$NPM_CACHE"
+    local fetched; fetched=$(mktemp -d)
+    (cd "$fetched" && npm pack --silent "$spec" >/dev/null) || die "npm could not fetch $spec"
+    mv "$fetched"/*.tgz "$archive"
+    rm -rf "$fetched"
+  fi
+  mkdir -p "$dir"
+  tar -xzf "$archive" -C "$dir" --strip-components=1 --no-same-owner
+}
+
+build_agent() {
+  local name=$1 CLI_PACKAGE="" CLI_COMMAND="" NODE_PACKAGE=""
+  local recipe="$REPO_ROOT/agents/$name/cli.env"
+  [[ -f "$recipe" ]] || die "unknown agent image '$name' (known: ${AGENTS[*]})"
+  # shellcheck disable=SC1090
+  source "$recipe"
+  build_agent_base
+  local context; context=$(mktemp -d)
+  cp "$REPO_ROOT/agents/$name/Dockerfile" "$context/"
+  npm_unpack "$CLI_PACKAGE" "$context/cli/package"
+  mkdir -p "$context/cli/bin"
+  if [[ -n "$NODE_PACKAGE" ]]; then
+    npm_unpack "$NODE_PACKAGE" "$context/cli/node-dist"
+    mkdir -p "$context/cli/node/bin"
+    mv "$context/cli/node-dist/bin/node" "$context/cli/node/bin/node"  # the runtime, not its headers
+    rm -rf "$context/cli/node-dist"
+    ln -s ../node/bin/node "$context/cli/bin/node"
+  fi
+  local command=${CLI_COMMAND%%=*} target=${CLI_COMMAND#*=}
+  [[ -f "$context/cli/package/$target" ]] || die "$CLI_PACKAGE has no $target"
+  chmod 0755 "$context/cli/package/$target"
+  ln -s "../package/$target" "$context/cli/bin/$command"
+  # The key is the recipe, not the unpacked files (hundreds of MB to hash on every run).
+  IMAGE_KEY="$(cat "$recipe" "$context/Dockerfile" "$IMAGE_ARCHIVES/agent-base.tar.hash")" \
+    build_image "$name" "$context" --build-arg "BASE=$IMAGE_PREFIX/agent-base:$IMAGE_TAG"
+  rm -rf "$context"
+  report_agent_image "$name" "$command"
+}
+
+# The figures a lean image is judged by: its size, and how long its CLI takes to answer --version
+# from a cold start (a fresh container of the image).
+# Measured once per built image (a fresh container costs a copy of the image) and kept beside it.
+report_agent_image() {
+  local name=$1 command=$2 ref="$IMAGE_PREFIX/$1:$IMAGE_TAG"
+  local report="$IMAGE_ARCHIVES/$name.report"
+  if [[ -f "$report" && "$report" -nt "$IMAGE_ARCHIVES/$name.tar" ]]; then
+    log "$(cat "$report")"
+    return
+  fi
+  local size container started elapsed version
+  size=$(stat -c %s "$IMAGE_ARCHIVES/$name.tar")
+  container=$(bah from --pull=never --quiet "$ref")
+  started=$(date +%s%N)
+  version=$(bah run --isolation chroot --user 65532:65532 --env HOME=/tmp "$container" -- "$command" --version 2>&1 | tail -1) \
+    || version="(--version failed: $version)"
+  elapsed=$((($(date +%s%N) - started) / 1000000))
+  bah rm "$container" >/dev/null
+  echo "image $ref: $((size / 1000000)) MB unpacked, \`$command --version\` answered \"$version\" in ${elapsed} ms" >"$report"
+  log "$(cat "$report")"
 }
 
 build_operator() {
@@ -120,9 +215,15 @@ import_images() {
 }
 
 main() {
-  local names=("$@")
-  [[ ${#names[@]} -gt 0 ]] || names=(pause busybox-base shell operator)
+  local names=()
   local name
+  for name in "${@:-pause busybox-base shell operator agents}"; do
+    # shellcheck disable=SC2206
+    [[ "$name" == agents ]] && names+=("${AGENTS[@]}") || names+=($name)
+  done
+  mkdir -p "$TASKYARD_CACHE"
+  exec 9>"$TASKYARD_CACHE/images.lock"
+  flock 9
   for name in "${names[@]}"; do
     case "$name" in
       pause) build_pause ;;
@@ -130,7 +231,9 @@ main() {
       shell) build_busybox_base; build_shell ;;
       python-base) build_python_base ;;
       operator) build_operator ;;
-      *) die "unknown image '$name' (known: pause, busybox-base, shell, python-base, operator)" ;;
+      agent-base) build_agent_base ;;
+      claude-code | codex | gemini-cli | opencode) build_agent "$name" ;;
+      *) die "unknown image '$name' (known: pause, busybox-base, shell, python-base, operator, agent-base, agents, ${AGENTS[*]})" ;;
     esac
   done
   import_images "${names[@]}"

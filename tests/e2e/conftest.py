@@ -19,6 +19,8 @@ from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster
 
 OPERATOR_IMAGE = os.environ.get("TASKYARD_OPERATOR_IMAGE", "localhost/taskyard/operator:dev")
 CHART = REPO_ROOT / "helm" / "taskyard"
+AGENT_IMAGE_REGISTRY, AGENT_IMAGE_TAG = "localhost/taskyard", "dev"
+CODING_AGENTS = ("claude-code", "codex", "gemini-cli", "opencode")
 
 
 def helm_binary() -> str:
@@ -52,6 +54,10 @@ class Release:
             "--set", f"image.tag={tag}",
             "--set", "image.pullPolicy=IfNotPresent",
             "--set", f"agents.shell.image={SHELL_IMAGE}",
+            # The coding agents' presets, on the images built from agents/ (tests/e2e/test_agents.py).
+            "--set", f"agentImages.registry={AGENT_IMAGE_REGISTRY}",
+            "--set", f"agentImages.tag={AGENT_IMAGE_TAG}",
+            *[arg for agent in CODING_AGENTS for arg in ("--set", f"agents.{agent}.enabled=true")],
         ]  # fmt: skip
 
     def wait_ready(self) -> None:

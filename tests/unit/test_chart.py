@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "taskyard"
 RELEASE_NAMESPACE = "taskyard-system"
 PRIORITIES = ("critical", "high", "medium", "low")
-PRESETS = ("shell", "claude-code", "gemini-cli", "codex", "aider")
+PRESETS = ("shell", "claude-code", "gemini-cli", "codex", "opencode")
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -439,8 +439,8 @@ def test_presets_are_valid_agents_that_reference_their_keys():
     expected_keys = {
         "claude-code": ("ANTHROPIC_API_KEY", "taskyard-anthropic"),
         "gemini-cli": ("GEMINI_API_KEY", "taskyard-gemini"),
-        "codex": ("OPENAI_API_KEY", "taskyard-openai"),
-        "aider": ("ANTHROPIC_API_KEY", "taskyard-anthropic"),
+        "codex": ("CODEX_API_KEY", "taskyard-openai"),
+        "opencode": ("ANTHROPIC_API_KEY", "taskyard-anthropic"),
     }
     for name, (variable, secret) in expected_keys.items():
         env = {item["name"]: item for item in agents[name]["env"]}
@@ -448,11 +448,12 @@ def test_presets_are_valid_agents_that_reference_their_keys():
             "name": variable,
             "valueFrom": {"secretKeyRef": {"name": secret, "key": "api-key"}},
         }
-        assert env["HOME"] == {"name": "HOME", "value": "/tmp"}
-    script = agents["claude-code"]["command"][-1]
-    assert 'claude -p "$(cat /etc/taskyard/prompt)"' in script
-    assert "--dangerously-skip-permissions" in script
-    assert "codex exec" in agents["codex"]["command"][-1]
+        spec = agents[name]
+        # taskyard's agent image, whose entrypoint runs the CLI: no command of the chart's own.
+        assert spec["image"] == f"ghcr.io/taskyard/{name}:{chart_app_version()}"
+        assert "command" not in spec and "args" not in spec
+        assert spec["readOnlyRootFilesystem"] is True
+        assert spec["nonRetryableExitCodes"] == [120, 121]  # setup failed, limit reached
     # Nothing secret is inlined anywhere in a preset.
     assert "env" not in agents["shell"]
 
@@ -498,3 +499,20 @@ def test_metrics_endpoint_service_and_optional_service_monitor():
     disabled = render("metrics.enabled=false")
     assert env_of(operator_container(disabled))["TASKYARD_METRICS_PORT"] == "0"
     assert of_kind(disabled, "Service") == []
+
+
+def chart_app_version() -> str:
+    return yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+def test_agent_images_follow_the_registry_and_tag_values():
+    objects = render(
+        "agents.codex.enabled=true",
+        "agentImages.registry=registry.example/platform",
+        "agentImages.tag=2.0.1",
+        "agents.opencode.enabled=true",
+        "agents.opencode.image=registry.example/own/opencode:7",
+    )
+    images = {agent["metadata"]["name"]: agent["spec"]["image"] for agent in of_kind(objects, "ClusterAgent")}
+    assert images["codex"] == "registry.example/platform/codex:2.0.1"
+    assert images["opencode"] == "registry.example/own/opencode:7"  # an image of the user's own wins
