@@ -27,6 +27,10 @@ cluster-down: ## Stop the local cluster and remove its state
 images: ## Build container images with buildah and load them into the local cluster
 	hack/images.sh
 
+.PHONY: images-push
+images-push: ## Push the operator and agent images: REGISTRY=ghcr.io/you/taskyard [TAG=appVersion]
+	REGISTRY="$(REGISTRY)" TAG="$(TAG)" hack/images-push.sh
+
 .PHONY: crds
 crds: ## Regenerate crds/ from the API models
 	PYTHONPATH=operator $(PYTHON) -m taskyard.crd

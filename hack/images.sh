@@ -209,7 +209,15 @@ import_images() {
   local name
   for name in "$@"; do
     [[ -f "$IMAGE_ARCHIVES/$name.tar" ]] || continue
+    # Hundreds of MB per agent image: imported again only when the archive changed since the last
+    # import, or containerd no longer has it (a new cluster).
+    local stamp="$IMAGE_ARCHIVES/$name.imported"
+    if [[ "$(cat "$stamp" 2>/dev/null)" == "$(cat "$IMAGE_ARCHIVES/$name.tar.hash" 2>/dev/null)" ]] \
+      && ctr_k8s images ls -q "name==$IMAGE_PREFIX/$name:$IMAGE_TAG" | grep -q .; then
+      continue
+    fi
     ctr_k8s images import "$IMAGE_ARCHIVES/$name.tar" >/dev/null
+    cp "$IMAGE_ARCHIVES/$name.tar.hash" "$stamp" 2>/dev/null || true
     log "imported $IMAGE_PREFIX/$name:$IMAGE_TAG into containerd"
   done
 }

@@ -20,7 +20,9 @@ Everything comes from the environment the operator renders into the pod:
     TASKYARD_REPO_URL, TASKYARD_REPO_REF, TASKYARD_REPO_BRANCH, TASKYARD_REPO_PUSH ("true")
     TASKYARD_GIT_CREDENTIALS   a directory with the repository's Secret: `token` (HTTPS) or
                                `ssh-privatekey` (SSH), and optionally `known_hosts`
-    TASKYARD_TASK              the Task's name, for the commit message
+    TASK_NAME                  the Task's name, for the commit message (TASKYARD_TASK overrides it)
+    HOME                       where the CLI keeps its settings; $TMPDIR/home when HOME is not writable
+    OPENAI_BASE_URL            (codex) an OpenAI-compatible server to use instead of OpenAI's
 
 Exit codes: the CLI's own, or EXIT_SETUP_FAILED (the workspace could not be prepared, the prompt is
 missing, the CLI is not there) or EXIT_LIMIT_REACHED (a limit of the Task stopped the agent). The
@@ -40,7 +42,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -108,7 +110,15 @@ class Final:
     error: str | None = None
 
 
-Event = Text | ToolCall | ToolOutput | Final
+@dataclasses.dataclass(slots=True)
+class Note:
+    """Something the CLI reports about itself (its start, a retry of the model API): logged as it is,
+    never taken for the agent's answer."""
+
+    text: str
+
+
+Event = Text | ToolCall | ToolOutput | Final | Note
 
 
 @dataclasses.dataclass(slots=True)
@@ -156,12 +166,14 @@ class Limits:
 
 
 class Adapter:
-    """How one CLI is run and how its stream of JSON lines reads. ``parse`` takes one decoded line and
-    the running usage (which it updates) and returns what the line said."""
+    """How one CLI is run and how its stream of JSON lines reads. ``command`` is its argv (``env`` is the
+    entrypoint's environment, which the CLI inherits); ``parse`` takes one decoded line and the running
+    usage (which it updates) and returns what the line said. One adapter serves one run, so it may
+    remember what earlier lines said."""
 
     binary: str = ""
 
-    def command(self, model: str | None, extra: list[str]) -> list[str]:
+    def command(self, model: str | None, extra: list[str], env: Mapping[str, str]) -> list[str]:
         raise NotImplementedError
 
     def parse(self, event: dict[str, Any], usage: Usage) -> list[Event]:
@@ -189,12 +201,21 @@ def _content_text(content: Any) -> str:
 
 class ClaudeCode(Adapter):
     """`claude -p --output-format stream-json --verbose`: one JSON object per line, of type system
-    (start), assistant (a model message: text and tool_use blocks, with its usage), user (tool_result
-    blocks) and result (the answer, total cost, usage and turns; subtype error_* when it failed)."""
+    (init at the start; api_retry when a model request failed and is tried again), assistant (a model
+    message: text and tool_use blocks, with its usage), user (tool_result blocks) and result (the answer,
+    total cost, usage and turns; subtype error_* when it failed).
+
+    A model message arrives as one assistant line per content block, each with the message's id and the
+    usage known when the message started: a message is one turn and its usage counts once, however many
+    lines carry it. Lines of a subagent (parent_tool_use_id set) count their tokens but not as turns of
+    the conversation, as the CLI's own num_turns does not."""
 
     binary = "claude"
 
-    def command(self, model: str | None, extra: list[str]) -> list[str]:
+    def __init__(self) -> None:
+        self._message_usage: dict[str, tuple[int, int]] = {}
+
+    def command(self, model: str | None, extra: list[str], env: Mapping[str, str]) -> list[str]:
         argv = [self.binary, "-p", "--output-format", "stream-json", "--verbose"]
         argv += ["--dangerously-skip-permissions"]
         if model:
@@ -204,14 +225,10 @@ class ClaudeCode(Adapter):
     def parse(self, event: dict[str, Any], usage: Usage) -> list[Event]:
         kind = event.get("type")
         message = event.get("message") or {}
+        if kind == "system":
+            return self._system(event)
         if kind == "assistant":
-            usage.turns += 1
-            tokens = message.get("usage") or {}
-            usage.input_tokens += _int(tokens.get("input_tokens")) + _int(
-                tokens.get("cache_read_input_tokens")
-            )
-            usage.input_tokens += _int(tokens.get("cache_creation_input_tokens"))
-            usage.output_tokens += _int(tokens.get("output_tokens"))
+            self._count(message, usage, subagent=bool(event.get("parent_tool_use_id")))
             said: list[Event] = []
             for block in message.get("content") or []:
                 if block.get("type") == "text" and block.get("text"):
@@ -228,27 +245,239 @@ class ClaudeCode(Adapter):
         if kind == "result":
             totals = event.get("usage") or {}
             if totals:  # the CLI's own totals replace what was summed from the messages
-                usage.input_tokens = (
-                    _int(totals.get("input_tokens"))
-                    + _int(totals.get("cache_read_input_tokens"))
-                    + _int(totals.get("cache_creation_input_tokens"))
-                )
+                usage.input_tokens = _anthropic_input_tokens(totals)
                 usage.output_tokens = _int(totals.get("output_tokens"))
             if isinstance(event.get("total_cost_usd"), int | float):
                 usage.cost_usd = float(event["total_cost_usd"])
             if isinstance(event.get("num_turns"), int):
                 usage.turns = max(usage.turns, event["num_turns"])
-            failed = event.get("is_error") or str(event.get("subtype", "success")) != "success"
-            error = str(event.get("subtype") or "error") if failed else None
-            return [Final(str(event.get("result") or ""), error)]
+            return [Final(str(event.get("result") or ""), self._failure(event))]
         return []
+
+    def _count(self, message: dict[str, Any], usage: Usage, subagent: bool) -> None:
+        tokens = message.get("usage") or {}
+        reported = (_anthropic_input_tokens(tokens), _int(tokens.get("output_tokens")))
+        message_id = message.get("id")
+        counted = self._message_usage.get(message_id) if isinstance(message_id, str) else None
+        if counted is None:
+            counted = (0, 0)
+            if not subagent:
+                usage.turns += 1
+        if isinstance(message_id, str):
+            self._message_usage[message_id] = reported
+        usage.input_tokens += reported[0] - counted[0]
+        usage.output_tokens += reported[1] - counted[1]
+
+    @staticmethod
+    def _failure(result: dict[str, Any]) -> str | None:
+        """Why the run failed, or None. A model API error ends it with is_error set but subtype
+        "success": the reason is then in terminal_reason (api_error) and api_error_status."""
+        subtype = str(result.get("subtype") or "success")
+        if not result.get("is_error") and subtype == "success":
+            return None
+        reason = subtype if subtype != "success" else str(result.get("terminal_reason") or "error")
+        status = result.get("api_error_status")
+        return f"{reason} (HTTP {status})" if isinstance(status, int) else reason
+
+    @staticmethod
+    def _system(event: dict[str, Any]) -> list[Event]:
+        subtype = event.get("subtype")
+        if subtype == "init":
+            version = event.get("claude_code_version") or "?"
+            return [Note(f"[claude] Claude Code {version}, model {event.get('model') or '?'}")]
+        if subtype == "api_retry":
+            why = event.get("error_status") or event.get("error") or "an error"
+            delay = _int(event.get("retry_delay_ms")) / 1000
+            attempt, most = _int(event.get("attempt")), _int(event.get("max_retries"))
+            return [Note(f"[claude] the model API failed ({why}); retry {attempt} of {most} in {delay:.1f}s")]
+        return []
+
+
+def _anthropic_input_tokens(tokens: dict[str, Any]) -> int:
+    """All the input a request was billed for: new, read from the prompt cache and written to it."""
+    return (
+        _int(tokens.get("input_tokens"))
+        + _int(tokens.get("cache_read_input_tokens"))
+        + _int(tokens.get("cache_creation_input_tokens"))
+    )
+
+
+class Codex(Adapter):
+    """`codex exec --json`: one JSON object per line, of type thread.started, turn.started,
+    item.started / item.updated / item.completed (an item: agent_message, reasoning, command_execution,
+    file_change, mcp_tool_call, web_search, todo_list, error), turn.completed (with the turn's usage),
+    turn.failed, and error (the CLI reconnecting to the model API: it goes on).
+
+    The stream does not mark model requests. Codex asks the model for one tool call at a time, so a turn
+    starts where something new appears after a tool item (or first): a tool the model calls from a
+    script of Codex's code mode counts as one more. Usage arrives only when the turn of `codex exec`
+    ends, so a token limit can stop the agent only then; Codex reports no cost."""
+
+    binary = "codex"
+    # Items that run something on the model's behalf: the model hears back in a new request.
+    TOOL_ITEMS = frozenset(
+        {"command_execution", "file_change", "mcp_tool_call", "collab_tool_call", "todo_list"}
+    )
+    # Set on an agent that talks to an OpenAI-compatible server other than OpenAI's; Codex itself does
+    # not read it, so it becomes a model provider of its own.
+    BASE_URL_ENV = "OPENAI_BASE_URL"
+    PROVIDER = "taskyard"
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._shown: set[str] = set()  # tool items whose call is in the log already
+        self._after_tool = True  # the next new item starts a turn
+        self._answer = ""
+
+    def command(self, model: str | None, extra: list[str], env: Mapping[str, str]) -> list[str]:
+        argv = [self.binary, "exec", "--json", "--skip-git-repo-check"]
+        # The pod is the sandbox, and nobody is there to approve a command.
+        argv += ["--dangerously-bypass-approvals-and-sandbox"]
+        # Unattended: no plugin marketplace to sync at the start (a features.* setting, unlike
+        # --disable, is accepted by a version that has no such feature).
+        argv += ["-c", "features.plugins=false"]
+        base_url = env.get(self.BASE_URL_ENV, "").strip()
+        if base_url:
+            provider = f"model_providers.{self.PROVIDER}"
+            argv += ["-c", f"model_provider={self.PROVIDER}", "-c", f"{provider}.name={self.PROVIDER}"]
+            argv += [
+                "-c",
+                f"{provider}.base_url={json.dumps(base_url)}",
+                "-c",
+                f"{provider}.wire_api=responses",
+            ]
+            if env.get("OPENAI_API_KEY"):
+                argv += ["-c", f"{provider}.env_key=OPENAI_API_KEY"]
+            elif env.get("CODEX_API_KEY"):
+                argv += ["-c", f"{provider}.requires_openai_auth=true"]
+        if model:
+            argv += ["--model", model]
+        return [*argv, *extra, "-"]  # "-": the prompt is standard input
+
+    def parse(self, event: dict[str, Any], usage: Usage) -> list[Event]:
+        kind = event.get("type")
+        if kind in ("item.started", "item.updated", "item.completed"):
+            return self._item(kind, event["item"], usage)
+        if kind == "thread.started":
+            return [Note(f"[codex] thread {event.get('thread_id') or '?'}")]
+        if kind == "turn.completed":
+            tokens = event.get("usage") or {}
+            usage.input_tokens += _int(tokens.get("input_tokens"))  # cached_input_tokens are among them
+            usage.output_tokens += _int(tokens.get("output_tokens"))
+            return [Final(self._answer)]
+        if kind == "turn.failed":
+            error = event.get("error") or {}
+            return [Final(self._answer, _api_error_message(error.get("message")) or "turn.failed")]
+        if kind == "error":
+            return [Note(f"[codex] {_api_error_message(event.get('message')) or 'error'}")]
+        return []
+
+    def _item(self, kind: str, item: dict[str, Any], usage: Usage) -> list[Event]:
+        item_type, item_id = item["type"], str(item.get("id"))
+        if item_type != "error":
+            if item_id not in self._seen:
+                self._seen.add(item_id)
+                if self._after_tool:
+                    usage.turns += 1
+                self._after_tool = False
+            if item_type in self.TOOL_ITEMS:
+                self._after_tool = True
+        done = kind == "item.completed"
+        if item_type == "agent_message":
+            if not done or not item.get("text"):
+                return []
+            self._answer = item["text"]
+            return [Text(item["text"])]
+        if item_type == "reasoning":
+            return [Note(f"[codex] thinking: {_short(item.get('text') or '', 400)}")] if done else []
+        if item_type == "todo_list":
+            steps = "; ".join(
+                f"[{'x' if step.get('completed') else ' '}] {step.get('text', '')}"
+                for step in item.get("items") or []
+            )
+            return [Note(f"[codex] plan: {steps}")]
+        if item_type == "error":
+            return [Note(f"[codex] {item.get('message') or 'error'}")]
+        call = self._tool_call(item)
+        if call is None:
+            rest = {key: value for key, value in item.items() if key not in ("id", "type")}
+            return [Note(f"[codex] {item_type}: {_short(rest)}")]
+        said: list[Event] = []
+        if item_id not in self._shown:
+            self._shown.add(item_id)
+            said.append(call)
+        if done:
+            said += self._tool_output(item)
+        return said
+
+    @staticmethod
+    def _tool_call(item: dict[str, Any]) -> ToolCall | None:
+        item_type = item["type"]
+        if item_type == "command_execution":
+            return ToolCall("shell", _short(_unwrapped_shell_command(str(item.get("command") or ""))))
+        if item_type == "file_change":
+            changes = item.get("changes") or []
+            return ToolCall(
+                "edit", _short(", ".join(f"{c.get('kind', '?')} {c.get('path', '?')}" for c in changes))
+            )
+        if item_type == "mcp_tool_call":
+            return ToolCall(
+                f"{item.get('server', '?')}.{item.get('tool', '?')}", _short(item.get("arguments") or {})
+            )
+        if item_type == "web_search":
+            return ToolCall("web_search", _short(item.get("query") or ""))
+        return None
+
+    @staticmethod
+    def _tool_output(item: dict[str, Any]) -> list[Event]:
+        failed = item.get("status") in ("failed", "declined")
+        if item["type"] == "command_execution":
+            code = item.get("exit_code")
+            output = _short(item.get("aggregated_output") or "")
+            output = output or (
+                f"exit code {code}" if isinstance(code, int) else str(item.get("status") or "")
+            )
+            return [ToolOutput(output, failed or (isinstance(code, int) and code != 0))]
+        if item["type"] == "mcp_tool_call":
+            error = item.get("error") or {}
+            result = item.get("result") or {}
+            text = error.get("message") if failed and error else _content_text(result.get("content"))
+            return [ToolOutput(_short(text or item.get("status") or ""), failed)]
+        if item["type"] == "file_change":
+            return [ToolOutput(str(item.get("status") or "done"), failed)]
+        return []
+
+
+def _api_error_message(message: Any) -> str:
+    """Codex passes on the model API's error body as it came: its message, when it is JSON that has one."""
+    text = str(message or "")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return text
+
+
+def _unwrapped_shell_command(command: str) -> str:
+    """`bash -lc 'cat x'` as `cat x`: Codex runs every command through a shell, which says nothing."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    shells = ("bash", "sh", "zsh", "dash")
+    if len(words) == 3 and os.path.basename(words[0]) in shells and words[1] in ("-c", "-lc"):
+        return words[2]
+    return command
 
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
-ADAPTERS: dict[str, type[Adapter]] = {"claude-code": ClaudeCode}
+ADAPTERS: dict[str, type[Adapter]] = {"claude-code": ClaudeCode, "codex": Codex}
 
 
 # --- the workspace: clone before, commit and push after -------------------------------------------------
@@ -280,11 +509,13 @@ class Repository:
 class Git:
     """git in the workspace, with the Task's credentials and nothing of the image's configuration."""
 
-    def __init__(self, workspace: Path, repository: Repository, home: Path) -> None:
+    def __init__(
+        self, workspace: Path, repository: Repository, home: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.workspace = workspace
         self.repository = repository
         self.env = {
-            **os.environ,
+            **(os.environ if env is None else env),
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_NOSYSTEM": "1",
             "HOME": str(home),
@@ -392,6 +623,8 @@ def readable(event: Event) -> Iterator[str]:
         yield f"  ← {'error: ' if event.error else ''}{event.text}".rstrip()
     elif isinstance(event, Final) and event.error:
         yield f"[taskyard-agent] the agent ended with {event.error}"
+    elif isinstance(event, Note):
+        yield from event.text.rstrip("\n").splitlines()
 
 
 @dataclasses.dataclass
@@ -415,11 +648,11 @@ class Run:
         self.stopped_for: str | None = None
         self.signalled: int | None = None
 
-    def start(self, argv: list[str], prompt: Path, workspace: Path) -> None:
+    def start(self, argv: list[str], prompt: Path, workspace: Path, env: dict[str, str]) -> None:
         try:
             with prompt.open("rb") as stdin:
                 self.process = subprocess.Popen(
-                    argv, stdin=stdin, stdout=subprocess.PIPE, cwd=workspace, start_new_session=True
+                    argv, stdin=stdin, stdout=subprocess.PIPE, cwd=workspace, env=env, start_new_session=True
                 )
         except FileNotFoundError:
             raise SetupFailed(f"{argv[0]} is not installed in this image") from None
@@ -507,6 +740,33 @@ def result_record(outcome: Outcome, extra: dict[str, Any]) -> str:
     return encoded()
 
 
+def trusting_workspace(env: dict[str, str], workspace: Path) -> dict[str, str]:
+    """``env`` with git told to trust the workspace, for the entrypoint's git and the CLI's alike.
+
+    A volume is owned by root and shared through the pod's fsGroup, so git, seeing a repository that
+    another user owns, refuses to work in it ("dubious ownership"). The workspace is the pod's own.
+    Configuration from the environment is as trusted as the command line's."""
+    count = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
+    return {
+        **env,
+        "GIT_CONFIG_COUNT": str(count + 1),
+        f"GIT_CONFIG_KEY_{count}": "safe.directory",
+        f"GIT_CONFIG_VALUE_{count}": str(workspace),
+    }
+
+
+def writable_home(env: dict[str, str]) -> Path:
+    """$HOME when the agent may write there, else a fresh one under the temporary directory: the CLIs
+    keep their settings and sessions in it, and on a read-only root filesystem the image's home is
+    read-only while /tmp is the pod's own."""
+    home = Path(env.get("HOME") or "/nonexistent")
+    if home.is_dir() and os.access(home, os.W_OK | os.X_OK):
+        return home
+    fallback = Path(env.get("TMPDIR") or "/tmp") / "home"
+    fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return fallback
+
+
 def main(argv: list[str], env: dict[str, str] | None = None, out: IO[str] = sys.stdout) -> int:
     env = dict(os.environ if env is None else env)
     if not argv or argv[0] not in ADAPTERS:
@@ -516,7 +776,9 @@ def main(argv: list[str], env: dict[str, str] | None = None, out: IO[str] = sys.
     prompt = Path(env.get("TASKYARD_PROMPT_FILE", "/etc/taskyard/prompt"))
     result_file = Path(env.get("TASKYARD_RESULT_FILE", "/dev/termination-log"))
     workspace = Path(env.get("TASKYARD_WORKSPACE", "/workspace"))
-    home = Path(env.get("HOME") or "/tmp")
+    home = writable_home(env)
+    env["HOME"] = str(home)
+    env = trusting_workspace(env, workspace)
     run = Run(adapter, Limits(), out)
     git: Git | None = None
     base = ""
@@ -533,10 +795,10 @@ def main(argv: list[str], env: dict[str, str] | None = None, out: IO[str] = sys.
             raise SetupFailed(f"the prompt file {prompt} does not exist")
         repository = Repository.from_env(env)
         if repository is not None:
-            git = Git(workspace, repository, home)
+            git = Git(workspace, repository, home, env)
             base = git.prepare()
             print(f"[taskyard-agent] {repository.url} at {base[:12]} in {workspace}", file=out, flush=True)
-        run.start(adapter.command(env.get("TASK_MODEL") or None, argv[1:]), prompt, workspace)
+        run.start(adapter.command(env.get("TASK_MODEL") or None, argv[1:], env), prompt, workspace, env)
     except SetupFailed as error:
         print(f"[taskyard-agent] setup failed: {error}", file=out, flush=True)
         _write(result_file, result_record(Outcome(EXIT_SETUP_FAILED, Usage(), error=f"setup: {error}"), {}))
@@ -548,7 +810,8 @@ def main(argv: list[str], env: dict[str, str] | None = None, out: IO[str] = sys.
     extra: dict[str, Any] = {}
     if git is not None and run.signalled is None:
         try:
-            extra = git.finish(base, env.get("TASKYARD_TASK", ""), outcome.summary)
+            task = env.get("TASKYARD_TASK") or env.get("TASK_NAME", "")
+            extra = git.finish(base, task, outcome.summary)
         except SetupFailed as error:
             print(f"[taskyard-agent] {error}", file=out, flush=True)
             outcome.error = outcome.error or str(error)

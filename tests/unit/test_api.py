@@ -373,7 +373,7 @@ def test_repository_urls_that_git_clones_are_accepted(url):
     [
         (
             {"url": "/srv/repo"},
-            "spec.repository.url: '/srv/repo' is not accepted; use an https://, http://, ssh:// or git:// URL",
+            "spec.repository.url: '/srv/repo' is not accepted; use an https://, http://, ssh:// or git://",
         ),
         (
             {"url": "https://me:ghp_secret@github.com/team/repo.git"},
