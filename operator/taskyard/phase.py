@@ -396,6 +396,11 @@ def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
     return QUEUED, "WaitingForCapacity", seen.queued_message
 
 
+# Terminated reasons of a container the runtime could not start (containerd says StartError, Docker's
+# shim ContainerCannotRun).
+_COULD_NOT_RUN = frozenset({"StartError", "ContainerCannotRun"})
+
+
 def _failure(job: JobView, pod: PodView | None) -> tuple[str, str]:
     reason = _JOB_FAILURE_REASONS.get(job.failed_reason or "", job.failed_reason or "Failed")
     exit_code = pod.exit_code if pod is not None else None
@@ -405,6 +410,11 @@ def _failure(job: JobView, pod: PodView | None) -> tuple[str, str]:
             return ended_by_entrypoint
     if reason == "DeadlineExceeded":
         return reason, "the Task ran longer than its timeout and was stopped"
+    if pod is not None and pod.terminated_reason in _COULD_NOT_RUN:
+        # The runtime never ran the agent (a command that is not in the image, say): exit code 128
+        # says nothing, the runtime's message says what to fix.
+        detail = pod.termination_message or f"the container ended with {pod.terminated_reason}"
+        return "ContainerCannotRun", f"the agent container could not be started: {detail}"
     if reason == "NonRetryableExitCode":
         code = f"code {exit_code}, which" if exit_code is not None else "an exit code that"
         return reason, f"the agent exited with {code} its Agent marks as not worth retrying"

@@ -1216,3 +1216,17 @@ def test_the_evicted_attempt_decides_even_when_the_job_started_another():
     assert deciding_pod([]) is None
     # A later attempt that succeeded is what the Task reports (its exit code, its result and log).
     assert deciding_pod([evicted, retry], job_complete=True) == retry
+
+
+def test_an_agent_the_runtime_could_not_start_fails_with_the_runtimes_message():
+    runtime = (
+        'failed to create containerd task: ... exec: "taskyard-agent": executable file not found in $PATH'
+    )
+    seen = Observation(
+        job=job_view(failed_job_status("BackoffLimitExceeded", failed=1)),
+        pod=pod_view(terminated_state(128, "StartError", runtime), phase="Failed"),
+    )
+    status = derive_status(task_body(running_status()), seen, NOW)
+    assert (status["phase"], status["reason"]) == ("Failed", "ContainerCannotRun")
+    assert status["message"] == f"the agent container could not be started: {runtime}"
+    assert status["exitCode"] == 128
