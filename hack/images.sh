@@ -135,7 +135,8 @@ build_agent() {
   source "$recipe"
   build_agent_base
   local context; context=$(mktemp -d)
-  cp "$REPO_ROOT/agents/$name/Dockerfile" "$context/"
+  # The Dockerfile and whatever it copies besides the CLI (settings files); not the recipe.
+  find "$REPO_ROOT/agents/$name" -maxdepth 1 -type f ! -name cli.env -exec cp {} "$context/" \;
   npm_unpack "$CLI_PACKAGE" "$context/cli/package"
   mkdir -p "$context/cli/bin"
   if [[ -n "$NODE_PACKAGE" ]]; then
@@ -150,7 +151,7 @@ build_agent() {
   chmod 0755 "$context/cli/package/$target"
   ln -s "../package/$target" "$context/cli/bin/$command"
   # The key is the recipe, not the unpacked files (hundreds of MB to hash on every run).
-  IMAGE_KEY="$(cat "$recipe" "$context/Dockerfile" "$IMAGE_ARCHIVES/agent-base.tar.hash")" \
+  IMAGE_KEY="$(cat "$REPO_ROOT/agents/$name"/* "$IMAGE_ARCHIVES/agent-base.tar.hash")" \
     build_image "$name" "$context" --build-arg "BASE=$IMAGE_PREFIX/agent-base:$IMAGE_TAG"
   rm -rf "$context"
   report_agent_image "$name" "$command"

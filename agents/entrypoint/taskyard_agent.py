@@ -477,7 +477,213 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
-ADAPTERS: dict[str, type[Adapter]] = {"claude-code": ClaudeCode, "codex": Codex}
+class GeminiCli(Adapter):
+    """`gemini --output-format stream-json --yolo --skip-trust`: one JSON object per line, of type
+    init (session_id, model), message (role user: the prompt echoed back whole; role assistant: a
+    text delta, "delta": true), tool_use (tool_name, tool_id, parameters), tool_result (tool_id,
+    status success|error, output, error{type,message}), error (severity warning|error, message: not
+    fatal by itself) and result (status success|error, error{type,message} when it failed, stats
+    with input_tokens/output_tokens/total_tokens/cached/tool_calls and per-model totals).
+
+    The stream has no per-turn usage and no cost: tokens are known only from the result line, so a
+    token limit can only be checked at the end. Turns are counted here as model responses: a turn
+    starts at the first assistant text or tool_use after the prompt or after tool results (the CLI
+    runs all tool calls of a response after the response has streamed, so tool_use lines of one
+    response always come before its tool_result lines).
+
+    --skip-trust is needed: without it, in a folder that is not trusted (folder trust is on by
+    default), --yolo is silently downgraded and then the headless run stops with exit code 55.
+    """
+
+    binary = "gemini"
+
+    def __init__(self) -> None:
+        self._delta: list[str] = []  # the assistant message being streamed
+        self._answer = ""  # the last complete assistant message
+        self._in_turn = False
+        self._last_error: str | None = None
+
+    def command(self, model: str | None, extra: list[str], env: Mapping[str, str]) -> list[str]:
+        argv = [self.binary, "--output-format", "stream-json", "--yolo", "--skip-trust"]
+        if model:
+            argv += ["--model", model]
+        return argv + extra
+
+    def _flush(self) -> list[Event]:
+        if not self._delta:
+            return []
+        text, self._delta = "".join(self._delta), []
+        if not text.strip():
+            return []
+        self._answer = text
+        return [Text(text)]
+
+    def _turn(self, usage: Usage) -> None:
+        if not self._in_turn:
+            self._in_turn = True
+            usage.turns += 1
+
+    def parse(self, event: dict[str, Any], usage: Usage) -> list[Event]:
+        kind = event.get("type")
+        if kind == "message":
+            if event.get("role") != "assistant":
+                return []  # the prompt, echoed back whole: not shown again
+            self._turn(usage)
+            content = event.get("content")
+            if isinstance(content, str):
+                self._delta.append(content)
+                if not event.get("delta", False):
+                    return self._flush()
+            return []
+        if kind == "tool_use":
+            said = self._flush()
+            self._turn(usage)
+            name = str(event.get("tool_name") or "?")
+            return [*said, ToolCall(name, _short(event.get("parameters") or {}))]
+        if kind == "tool_result":
+            said = self._flush()
+            self._in_turn = False
+            failed = event.get("status") == "error"
+            error = event.get("error") or {}
+            text = event.get("output")
+            if not isinstance(text, str) or not text:  # write_file, for one, reports no output
+                text = str(error.get("message") or "") if failed else ""
+            return [*said, ToolOutput(_short(text or str(event.get("status") or "")), failed)]
+        if kind == "error":
+            said = self._flush()
+            message = str(event.get("message") or "")
+            severity = str(event.get("severity") or "error")
+            if severity == "error":
+                self._last_error = message
+            return [*said, Note(f"[gemini-cli] {severity}: {message}")]
+        if kind == "result":
+            said = self._flush()
+            stats = event.get("stats") or {}
+            if stats:
+                usage.input_tokens = _int(stats.get("input_tokens"))
+                # total = prompt + candidates + thoughts (+ tool-use prompt): what is not input is output
+                usage.output_tokens = max(
+                    _int(stats.get("output_tokens")),
+                    _int(stats.get("total_tokens")) - _int(stats.get("input_tokens")),
+                )
+            error = None
+            if event.get("status") != "success":
+                detail = event.get("error") or {}
+                if detail:
+                    error = _gemini_error(detail)
+                else:  # an invalid (e.g. empty) model response: the reason came in an error line
+                    error = self._last_error or str(event.get("status") or "error")
+            return [*said, Final(self._answer, error)]
+        if kind == "init":
+            session, model = event.get("session_id") or "?", event.get("model") or "?"
+            return [Note(f"[gemini-cli] session {session}, model {model}")]
+        return []  # whatever a later version adds
+
+
+def _gemini_error(detail: dict[str, Any]) -> str:
+    """A result's error as one line. A model API error reads `[API Error: <the API's JSON body>]`:
+    its status and message are taken out of it."""
+    kind = str(detail.get("type") or "error")
+    message = str(detail.get("message") or "")
+    prefix = "[API Error: "
+    if message.startswith(prefix) and message.endswith("]"):
+        body = message[len(prefix) : -1]
+        try:
+            api = json.loads(body).get("error") or {}
+        except (ValueError, AttributeError):
+            api = {}
+        if isinstance(api, dict) and api.get("message"):
+            code = api.get("code")
+            status = api.get("status")
+            what = " ".join(str(x) for x in (code, status) if x)
+            return f"model API error{f' ({what})' if what else ''}: {api['message']}"
+        return f"model API error: {body}"
+    return f"{kind}: {message}" if message else kind
+
+
+class OpenCode(Adapter):
+    """`opencode run --format json --auto`: one JSON object per line, each {type, timestamp (ms),
+    sessionID, part|error}. Types: step_start (a model call begins), text (a complete text part:
+    part.text), reasoning (only with --thinking), tool_use (a finished tool call: part.tool,
+    part.callID, part.state {status completed|error, input, output | error, metadata, title}),
+    step_finish (part.reason tool-calls|stop|length|..., part.tokens {input, output, reasoning,
+    cache{read, write}}, part.cost in USD from the model's price table, 0 when it has none) and
+    error (error {name, data{message, statusCode, isRetryable, ...}}). There is no final line: the
+    answer is the last text part, and the run ends with exit code 0, or 1 after an error line.
+
+    Tool calls are reported once, when they have finished, so the call and its output come from one
+    line. part.tokens.input excludes cache reads and writes, and part.tokens.output excludes
+    reasoning: they are added back here, as the ClaudeCode adapter does for Claude's usage.
+    """
+
+    binary = "opencode"
+
+    def __init__(self) -> None:
+        self._answer = ""
+
+    def command(self, model: str | None, extra: list[str], env: Mapping[str, str]) -> list[str]:
+        argv = [self.binary, "run", "--format", "json", "--auto"]
+        if model:
+            argv += ["--model", model]  # provider/model, e.g. anthropic/claude-sonnet-4-5
+        return argv + extra
+
+    def parse(self, event: dict[str, Any], usage: Usage) -> list[Event]:
+        kind = event.get("type")
+        part = event.get("part") or {}
+        if kind == "step_start":
+            usage.turns += 1
+            return []
+        if kind == "text":
+            text = part.get("text")
+            if isinstance(text, str) and text.strip():
+                self._answer = text
+                return [Text(text)]
+            return []
+        if kind == "tool_use":
+            state = part.get("state") or {}
+            call = ToolCall(str(part.get("tool") or "?"), _short(state.get("input") or {}))
+            if state.get("status") == "error":
+                return [call, ToolOutput(_short(str(state.get("error") or "error")), True)]
+            output = state.get("output")
+            text = output if isinstance(output, str) else ""
+            code = (state.get("metadata") or {}).get("exit")
+            if isinstance(code, int) and code != 0:
+                text = f"[exit {code}] {text}"
+            return [call, ToolOutput(_short(text))]
+        if kind == "step_finish":
+            tokens = part.get("tokens") or {}
+            cache = tokens.get("cache") or {}
+            usage.input_tokens += (
+                _int(tokens.get("input")) + _int(cache.get("read")) + _int(cache.get("write"))
+            )
+            usage.output_tokens += _int(tokens.get("output")) + _int(tokens.get("reasoning"))
+            cost = part.get("cost")
+            # 0 is also what a model without a price (a custom provider's) costs: no cost is known then
+            if isinstance(cost, int | float) and not isinstance(cost, bool) and (cost or usage.cost_usd):
+                usage.cost_usd = (usage.cost_usd or 0.0) + float(cost)
+            return []
+        if kind == "reasoning":  # only with --thinking
+            text = part.get("text")
+            return (
+                [Note(f"[opencode] thinking: {_short(text, 400)}")]
+                if isinstance(text, str) and text.strip()
+                else []
+            )
+        if kind == "error":
+            error = event.get("error") or {}
+            data = error.get("data") or {}
+            message = data.get("message") if isinstance(data, dict) else None
+            name = str(error.get("name") or "error")
+            return [Final(self._answer, f"{name}: {message}" if message else name)]
+        return []  # whatever a later version adds
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "claude-code": ClaudeCode,
+    "codex": Codex,
+    "gemini-cli": GeminiCli,
+    "opencode": OpenCode,
+}
 
 
 # --- the workspace: clone before, commit and push after -------------------------------------------------

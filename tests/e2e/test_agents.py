@@ -225,13 +225,21 @@ def model_requests(services: Services, kube: Kube, scenario_marker: str) -> list
 # --- Claude Code and Codex: a whole tool-using conversation ----------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("agent", "base_url_env", "api_suffix"),
-    [("claude-code", "ANTHROPIC_BASE_URL", ""), ("codex", "OPENAI_BASE_URL", "/v1")],
-)
+# How each agent is pointed at the model stub: the variable, and what follows the scenario's path.
+# OpenCode's Anthropic provider takes a base URL that ends in /v1, as Codex's does.
+MODEL_ENDPOINTS = {
+    "claude-code": ("ANTHROPIC_BASE_URL", ""),
+    "codex": ("OPENAI_BASE_URL", "/v1"),
+    "opencode": ("ANTHROPIC_BASE_URL", "/v1"),
+}
+MODELS = {"opencode": "anthropic/claude-sonnet-4-5"}  # OpenCode's model names carry the provider
+
+
+@pytest.mark.parametrize("agent", sorted(MODEL_ENDPOINTS))
 def test_agent_edits_the_repository_and_pushes_its_branch(
-    kube: Kube, services: Services, tmp_path: Path, agent: str, base_url_env: str, api_suffix: str
+    kube: Kube, services: Services, tmp_path: Path, agent: str
 ) -> None:
+    base_url_env, api_suffix = MODEL_ENDPOINTS[agent]
     name = f"{agent}-edit"
     branch = f"taskyard/{name}"
     marker = f"run={name}"
@@ -245,6 +253,7 @@ def test_agent_edits_the_repository_and_pushes_its_branch(
         name,
         {
             "agent": agent,
+            **({"model": MODELS[agent]} if agent in MODELS else {}),
             "promptFrom": {"configMapKeyRef": {"name": f"{name}-prompt", "key": "prompt"}},
             "env": [{"name": base_url_env, "value": services.model("edit", marker) + api_suffix}],
             "repository": {
@@ -285,19 +294,16 @@ def test_agent_edits_the_repository_and_pushes_its_branch(
     assert not any(line.startswith('{"type"') for line in log.splitlines()), log[:2000]
 
 
-@pytest.mark.parametrize(
-    ("agent", "base_url_env", "api_suffix"),
-    [("claude-code", "ANTHROPIC_BASE_URL", ""), ("codex", "OPENAI_BASE_URL", "/v1")],
-)
-def test_max_turns_stops_a_conversation_that_never_ends(
-    kube: Kube, services: Services, agent: str, base_url_env: str, api_suffix: str
-) -> None:
+@pytest.mark.parametrize("agent", sorted(MODEL_ENDPOINTS))
+def test_max_turns_stops_a_conversation_that_never_ends(kube: Kube, services: Services, agent: str) -> None:
+    base_url_env, api_suffix = MODEL_ENDPOINTS[agent]
     name = f"{agent}-endless"
     run_task(
         kube,
         name,
         {
             "agent": agent,
+            **({"model": MODELS[agent]} if agent in MODELS else {}),
             "prompt": "keep going",
             "env": [{"name": base_url_env, "value": services.model("endless", f"run={name}") + api_suffix}],
             "limits": {"maxTurns": 3},
