@@ -166,18 +166,24 @@ def _repository_env(spec: TaskSpec) -> list[dict[str, Any]]:
         "TASKYARD_REPO_PUSH": "true" if repository.push else None,
         "TASKYARD_GIT_CREDENTIALS": GIT_CREDENTIALS_DIR if repository.secret_ref else None,
     }
-    return [{"name": name, "value": value} for name, value in values.items() if value is not None]
+    return _set_values(values)
 
 
 def _limits_env(spec: TaskSpec) -> list[dict[str, Any]]:
     limits = spec.limits
     if limits is None:
         return []
-    values = {
-        "TASKYARD_MAX_TURNS": limits.max_turns,
-        "TASKYARD_MAX_TOKENS": limits.max_tokens,
-        "TASKYARD_MAX_COST_USD": limits.max_cost_usd,
-    }
+    return _set_values(
+        {
+            "TASKYARD_MAX_TURNS": limits.max_turns,
+            "TASKYARD_MAX_TOKENS": limits.max_tokens,
+            "TASKYARD_MAX_COST_USD": limits.max_cost_usd,
+        }
+    )
+
+
+def _set_values(values: dict[str, str | int | float | None]) -> list[dict[str, Any]]:
+    """Env entries for the values that are set; numbers as the entrypoint parses them (2.5, not 2.50)."""
     return [
         {"name": name, "value": f"{value:g}" if isinstance(value, float) else str(value)}
         for name, value in values.items()

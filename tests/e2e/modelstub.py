@@ -534,6 +534,12 @@ def responses_object(status: str, model: str, output: list, usage: dict | None, 
     }
 
 
+_TOOL_CALL_STREAMS = {
+    "function_call": ("arguments", "response.function_call_arguments"),
+    "custom_tool_call": ("input", "response.custom_tool_call_input"),
+}
+
+
 def responses_events(reply: Reply, model: str, tokens: Tokens) -> Iterator[tuple[str, dict[str, Any]]]:
     """response.created, in_progress, then per output item: output_item.added, its content (text parts
     and output_text deltas, or function-call argument deltas), output_item.done; response.completed."""
@@ -582,36 +588,24 @@ def responses_events(reply: Reply, model: str, tokens: Tokens) -> Iterator[tuple
                 "response.content_part.done",
                 {"type": "response.content_part.done", **where, "part": done_part},
             )
-        elif item["type"] == "function_call":
+        else:
+            # A function call streams its JSON arguments, a custom (freeform) tool call its input:
+            # the same events under other names.
+            field, events = _TOOL_CALL_STREAMS[item["type"]]
             yield (
                 "response.output_item.added",
                 {
                     "type": "response.output_item.added",
                     "output_index": index,
-                    "item": {**item, "status": "in_progress", "arguments": ""},
+                    "item": {**item, "status": "in_progress", field: ""},
                 },
             )
             where = {"item_id": item_id, "output_index": index}
-            for piece in _pieces(item["arguments"]):
-                kind = "response.function_call_arguments.delta"
+            for piece in _pieces(item[field]):
+                kind = f"{events}.delta"
                 yield kind, {"type": kind, **where, "delta": piece}
-            kind = "response.function_call_arguments.done"
-            yield kind, {"type": kind, **where, "arguments": item["arguments"]}
-        else:  # custom_tool_call
-            yield (
-                "response.output_item.added",
-                {
-                    "type": "response.output_item.added",
-                    "output_index": index,
-                    "item": {**item, "status": "in_progress", "input": ""},
-                },
-            )
-            where = {"item_id": item_id, "output_index": index}
-            for piece in _pieces(item["input"]):
-                kind = "response.custom_tool_call_input.delta"
-                yield kind, {"type": kind, **where, "delta": piece}
-            kind = "response.custom_tool_call_input.done"
-            yield kind, {"type": kind, **where, "input": item["input"]}
+            kind = f"{events}.done"
+            yield kind, {"type": kind, **where, field: item[field]}
         yield (
             "response.output_item.done",
             {"type": "response.output_item.done", "output_index": index, "item": item},
