@@ -56,7 +56,7 @@ from taskyard.phase import (
     tail_lines,
     waiting_since,
 )
-from taskyard.podlogs import read_log_tail
+from taskyard.podlogs import CollectedLog, LogFollowers, LogUnavailable, read_log_tail
 from taskyard.queue import Limits, QueueEntry, WaitingQueue, select_in_order
 from taskyard.records import (
     ANNOTATION_AGENT_REF,
@@ -205,6 +205,7 @@ class Controller:
         # uid -> (pod, whether it had ended): the output the status shows. A pod read while it still ran
         # (salvaged at a cancel) is read once more when it has ended, for what it printed meanwhile.
         self.logs_collected_from: dict[str, tuple[str, bool]] = {}
+        self.log_followers = LogFollowers(self.api, self._followed_log_ready)
         self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
         # uid -> name of the Job this operator created, until the Task is final: the status names its Job
         # only once the watch has shown it, and a Job that vanishes before that must fail the Task
@@ -271,6 +272,7 @@ class Controller:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.log_followers.stop()
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: raises when the loop has stopped making progress."""
@@ -345,6 +347,7 @@ class Controller:
         # Nothing of a finished Task is needed in memory beyond its record.
         for memory in (self.reserved, self.logs_collected_from, self.blocked_until, self.created_jobs):
             memory.pop(task.uid, None)
+        self.log_followers.forget(task.uid)
         due = self._tidy_due(task)
         if due is not None:  # a finished Task costs nothing until its clean-up is due
             self.queue.add_after(task.key, due - time.time())
@@ -397,6 +400,12 @@ class Controller:
             self.created_jobs,
         ):
             memory.pop(uid, None)
+        self.log_followers.forget(uid)
+
+    def _followed_log_ready(self, uid: str) -> None:
+        task = self._task_by_uid(uid)
+        if task is not None:
+            self.queue.add(task.key)
 
     # --- lookups -----------------------------------------------------------------------------------
 
@@ -787,17 +796,29 @@ class Controller:
             desired = {**desired, "reason": current["reason"], "message": current.get("message", "")}
         # Each attempt's output is kept when it ends, or as soon as its pod starts shutting down (a
         # timeout or cancel deletes the pod, and its log with it).
+        followed = self.log_followers.take(task.uid)
+        if followed is not None and followed.log is not None:
+            extra.update(await self._keep_collected(task, followed.attempt, followed.pod, followed.log))
+            ended = pod is None or pod.name != followed.pod or pod.terminated
+            collected_pod = (followed.pod, ended)  # an end not yet seen is read again, for its result
+        if pod is not None and pod.deleting and not pod.terminated:
+            deadline = (pod.grace_seconds if pod.grace_seconds is not None else 30) + 10
+            self.log_followers.start(task.uid, task.namespace, pod.name, _attempt(pods, pod), deadline)
         if (
             pod is not None
             and (pod.terminated or pod.deleting)
             and collected_pod is None
+            and not self.log_followers.following(task.uid, pod.name)
             and self._needs_collecting(task.uid, pod)
         ):
             final = desired.get("phase") in TERMINAL_PHASES
             fields, settled = await self._collect_logs(task, pods, pod, final=final)
             extra.update(fields)
             collected_pod = (pod.name, pod.terminated) if settled else None
-        patch = status_changes(dict(current), desired)
+        # A final status carries all the agent wrote: it waits for a follow to end (the agent's exit,
+        # or the grace period and a little more), and the follow's end brings the Task back.
+        holding = desired.get("phase") in TERMINAL_PHASES and self.log_followers.following(task.uid)
+        patch = {} if holding else status_changes(dict(current), desired)
         patch.update(extra)
         if patch:
             await self._patch_status(task, patch)
@@ -813,6 +834,7 @@ class Controller:
             self.logs_collected_from[task.uid] = collected_pod
         if (
             desired.get("phase") in TERMINAL_PHASES
+            and not holding
             and claim
             and not (spec.get("workspace") or {}).get("keep", True)
         ):
@@ -876,25 +898,30 @@ class Controller:
         result = task_result(pod.termination_message, pod.exit_code)
         if result is not None:
             collected["result"] = result
-        attempt = next((n for n, p in enumerate(pods, start=1) if p.name == pod.name), max(len(pods), 1))
         try:
             log = await read_log_tail(
                 self.api, task.namespace, pod.name, "agent", deadline=self.settings.log_read_seconds
             )
+        except LogUnavailable:
+            return collected, True  # never started (or already gone): nothing to keep
         except Exception as error:
-            if isinstance(error, ApiException) and error.status in (400, 404):
-                return collected, True  # never started (or already gone): nothing to keep
             logger.warning("reading the log of pod %s failed: %s", pod.name, _describe(error))
             if final:
                 note = f"[taskyard: the log of pod {pod.name} could not be read: {_describe(error)}]"
                 collected["logTail"] = note
             return collected, final
-        collected["logTail"] = tail_lines(log.text, LOG_TAIL_LINES, LOG_TAIL_BYTES)
+        collected.update(await self._keep_collected(task, _attempt(pods, pod), pod.name, log))
+        return collected, True
+
+    async def _keep_collected(
+        self, task: TaskRecord, attempt: int, pod_name: str, log: CollectedLog
+    ) -> dict[str, Any]:
+        """Keeps an attempt's log in the Task's log ConfigMap; returns the status's logTail for it."""
         try:
-            await self._keep_log(task, attempt, pod.name, log.text)
+            await self._keep_log(task, attempt, pod_name, log.text)
         except Exception as error:
             logger.warning("keeping the log of %s/%s failed: %s", task.namespace, task.name, _describe(error))
-        return collected, True
+        return {"logTail": tail_lines(log.text, LOG_TAIL_LINES, LOG_TAIL_BYTES)}
 
     async def _keep_log(self, task: TaskRecord, attempt: int, pod_name: str, text: str) -> None:
         core = client.CoreV1Api(self.api)
@@ -1011,6 +1038,11 @@ class Controller:
             updated["metadata"]["resourceVersion"],
             {k: status[k] for k in MANAGED_FIELDS if k in status},
         )
+
+
+def _attempt(pods: list[PodView], pod: PodView) -> int:
+    """Which attempt a pod ran (pods oldest first); the latest when it is no longer listed."""
+    return next((n for n, p in enumerate(pods, start=1) if p.name == pod.name), max(len(pods), 1))
 
 
 class _NamesakeLeaving(Exception):

@@ -129,6 +129,7 @@ class PodView:
     terminated_reason: str | None = None
     termination_message: str | None = None
     deleting: bool = False
+    grace_seconds: int | None = None  # the agent's time to exit, once the pod is being deleted
     unschedulable_message: str | None = None  # why the scheduler cannot place it (e.g. an unbound claim)
     evicted_message: str | None = None  # the kubelet's words, when it evicted the pod
 
@@ -172,6 +173,7 @@ class PodView:
             terminated_reason=terminated.get("reason") if terminated else None,
             termination_message=(terminated.get("message") or None) if terminated else None,
             deleting=bool(body["metadata"].get("deletionTimestamp")),
+            grace_seconds=body["metadata"].get("deletionGracePeriodSeconds"),
             unschedulable_message=unschedulable[:1024] if unschedulable else None,
             evicted_message=evicted[:1024] if evicted else None,
         )

@@ -4,11 +4,13 @@ a log that is one JSON document. Each Task must be final within 30 s of its Job 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from kubernetes.client import ApiException
 
 from tests.fault.helpers import final_within
+from tests.fault.proxy import FaultProxy
 from tests.integration.conftest import Kube, OperatorProcess
 from tests.integration.test_logs import kept_logs
 
@@ -76,3 +78,33 @@ def test_a_log_that_is_one_json_document_stays_text(
     task = final_within(kube, "jsonout", 30)
     assert task["status"]["logTail"] == json.dumps(document)
     assert json.loads(kept_logs(kube, "jsonout")[1]) == document
+
+
+def test_what_a_cancelled_agent_prints_while_it_stops_outlives_its_pod(
+    kube: Kube, shell_agent: str, start_operator, fault_proxy: tuple[FaultProxy, object]
+) -> None:
+    # The kubelet removes a deleted pod's container, log included, as soon as it exits. Here no read
+    # after the exit can reach the API server before the pod is gone: only a stream opened while the
+    # agent was still stopping can bring back what it printed then.
+    proxy, kubeconfig = fault_proxy
+    start_operator(KUBECONFIG=str(kubeconfig))
+    script = (
+        "trap 'echo saving; sleep 4; echo saved; exit 0' TERM; echo working; while true; do sleep 1; done"
+    )
+    kube.create("Task", "stopping", {"agent": shell_agent, "prompt": script})
+    kube.wait_for("the agent to print", lambda: printed(kube, "stopping"), timeout=60)
+    kube.patch_task("stopping", {"spec": {"cancel": True}})
+    kube.wait_for(
+        "the pod to be deleted",
+        lambda: any(pod.metadata.deletion_timestamp for pod in kube.pods("stopping")),
+        timeout=30,
+    )
+    time.sleep(1.5)  # the operator sees the deletion and opens its stream
+
+    proxy.drop_requests()
+    kube.wait_for("the pod to be gone", lambda: not kube.pods("stopping"), timeout=60)
+    proxy.heal()
+
+    task = kube.wait_for_phase("stopping", "Cancelled", timeout=120)
+    assert task["status"]["logTail"] == "working\nsaving\nsaved"
+    assert kept_logs(kube, "stopping") == {1: "working\nsaving\nsaved\n"}

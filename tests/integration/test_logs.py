@@ -54,6 +54,23 @@ def test_timed_out_task_keeps_what_it_wrote_before_the_kill(
     assert task["status"]["logTail"] == "progress"
 
 
+def test_a_timed_out_agent_keeps_what_it_prints_in_its_grace_period(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    # The kubelet removes a deleted pod's container (and its log) the moment it exits: the operator
+    # follows the log of a pod that is shutting down, and the final status waits for that follow.
+    script = (
+        "trap 'echo saving; sleep 2; echo saved; exit 3' TERM; echo progress; while true; do sleep 1; done"
+    )
+    kube.create("Task", "wrapping", {"agent": shell_agent, "prompt": script, "timeout": "6s"})
+
+    task = kube.wait_for_phase("wrapping", "Failed", timeout=90)
+
+    assert task["status"]["reason"] == "DeadlineExceeded"
+    assert task["status"]["logTail"] == "progress\nsaving\nsaved"
+    assert kept_logs(kube, "wrapping") == {1: "progress\nsaving\nsaved\n"}
+
+
 def test_cancelled_task_keeps_what_it_wrote(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
     kube.create("Task", "halted", {"agent": shell_agent, "prompt": "echo half-way; sleep 300"})
     kube.wait_for(

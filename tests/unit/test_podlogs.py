@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from aiohttp import web
 from kubernetes_asyncio.client.rest import ApiException
 
-from taskyard.podlogs import ByteRing, decode_log, read_log_tail
+from taskyard.podlogs import ByteRing, FollowedLog, LogFollowers, LogUnavailable, decode_log, read_log_tail
 from tests.unit.fakeapi import FakeApi, run
 
 pytestmark = pytest.mark.unit
@@ -93,15 +94,139 @@ def test_a_stalled_log_is_cut_short_at_its_deadline():
     assert not log.complete and log.text == "started\n"
 
 
-def test_a_missing_log_is_an_api_error():
+def test_a_missing_log_is_unavailable_and_other_errors_stay_api_errors():
     async def scenario():
         async with FakeApi() as fake:
+
+            async def refused(request: web.Request) -> web.Response:
+                return web.Response(status=403, text='{"message": "forbidden"}')
+
+            fake.route("/api/v1/namespaces/ns/pods/secret/log", refused)
             api = fake.client()
             try:
-                with pytest.raises(ApiException) as raised:
+                with pytest.raises(LogUnavailable, match="404"):
                     await read_log_tail(api, "ns", "p", "agent")
-                assert raised.value.status == 404
+                with pytest.raises(ApiException) as raised:
+                    await read_log_tail(api, "ns", "secret", "agent")
+                assert raised.value.status == 403
             finally:
+                await api.close()
+
+    run(scenario())
+
+
+KUBELET_ERRORS = [
+    b"unable to retrieve container logs for containerd://0e42d760ff8185446dfca74036a6f3a1be72",
+    b'failed to try resolving symlinks in path "/var/log/pods/ns_p_1/agent/0.log": lstat '
+    b"/var/log/pods/ns_p_1/agent/0.log: no such file or directory",
+    b'failed to open log file "/var/log/pods/ns_p_1/agent/0.log": open: no such file or directory',
+]
+
+
+@pytest.mark.parametrize("body", KUBELET_ERRORS, ids=["container-gone", "symlink-gone", "file-gone"])
+def test_the_kubelets_error_in_a_successful_response_is_no_log(body: bytes):
+    # The kubelet answers 200 before it finds the container gone, then writes its error as the body:
+    # taking that for the agent's output would replace what was collected with the kubelet's words.
+    with pytest.raises(LogUnavailable, match=body[:30].decode()):
+        read(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [KUBELET_ERRORS[0] + b"\n", b"working\n" + KUBELET_ERRORS[0], b"x" * 5000 + KUBELET_ERRORS[0]],
+    ids=["a-printed-line", "after-output", "long-log"],
+)
+def test_an_agent_printing_the_kubelets_words_is_still_its_log(body: bytes):
+    log, _ = read(body)
+    assert log.text == body.decode()
+
+
+def serve_following(lines: list[bytes], pause: float):
+    """A log endpoint that, asked to follow, writes a line per pause and ends (the agent exiting)."""
+
+    async def log(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for line in lines if request.query.get("follow") == "true" else lines[:1]:
+            await response.write(line)
+            await asyncio.sleep(pause)
+        return response
+
+    return log
+
+
+def test_a_follow_brings_back_all_the_agent_wrote_until_it_exits():
+    async def scenario():
+        async with FakeApi() as fake:
+            fake.route(LOG_PATH, serve_following([b"working\n", b"cleaning up\n"], pause=0.2))
+            api = fake.client()
+            done: list[str] = []
+            followers = LogFollowers(api, done.append)
+            try:
+                assert followers.start("uid-1", "ns", "p", 1, deadline=10)
+                assert followers.start("uid-1", "ns", "p", 1, deadline=10)  # already followed
+                assert followers.following("uid-1", "p") and not followers.following("uid-1", "other")
+                assert followers.take("uid-1") is None
+                for _ in range(50):
+                    if done:
+                        break
+                    await asyncio.sleep(0.1)
+                assert done == ["uid-1"] and not followers.following("uid-1")
+                followed = followers.take("uid-1")
+                assert followed.pod == "p" and followed.attempt == 1
+                assert followed.log.text == "working\ncleaning up\n" and followed.log.complete
+                assert ("follow", "true") in fake.requests[0][2].items()
+                assert not followers.start("uid-1", "ns", "p", 1, deadline=10)  # each pod once
+            finally:
+                await followers.stop()
+                await api.close()
+
+    run(scenario())
+
+
+def test_follows_are_bounded_in_number_and_time_and_end_when_forgotten():
+    async def scenario():
+        async with FakeApi() as fake:
+            fake.route(LOG_PATH, serve_log(b"started\n", hold=30))
+            api = fake.client()
+            done: list[str] = []
+            followers = LogFollowers(api, done.append, limit=2)
+            try:
+                assert followers.start("a", "ns", "p", 1, deadline=0.5)
+                assert followers.start("b", "ns", "p", 1, deadline=30)
+                assert not followers.start("c", "ns", "p", 1, deadline=30)  # over the limit: read once
+                followers.forget("b")
+                assert len(followers) == 1
+                for _ in range(50):
+                    if done:
+                        break
+                    await asyncio.sleep(0.1)
+                assert done == ["a"]  # "b" was forgotten: it reports nothing
+                followed = followers.take("a")
+                assert followed.log.text == "started\n" and not followed.log.complete
+            finally:
+                await followers.stop()
+                await api.close()
+
+    run(scenario())
+
+
+def test_a_follow_of_a_gone_container_brings_back_no_log():
+    async def scenario():
+        async with FakeApi() as fake:
+            fake.route(LOG_PATH, serve_log(KUBELET_ERRORS[0]))
+            api = fake.client()
+            done: list[str] = []
+            followers = LogFollowers(api, done.append)
+            try:
+                followers.start("uid-1", "ns", "p", 2, deadline=10)
+                for _ in range(50):
+                    if done:
+                        break
+                    await asyncio.sleep(0.1)
+                assert followers.take("uid-1") == FollowedLog("p", 2, None)
+            finally:
+                await followers.stop()
                 await api.close()
 
     run(scenario())
