@@ -69,7 +69,11 @@ class Store(Generic[T]):
         self._items: dict[ObjectKey, T] = {}
         self._versions: dict[ObjectKey, str] = {}
         self._indexers = dict(indexers or {})
-        self._indexes: dict[str, dict[Hashable, set[ObjectKey]]] = {name: {} for name in self._indexers}
+        # value -> the one key filed under it, or a set once there are several: most values (uids)
+        # name one object, and a set per object would cost more than the object's own record.
+        self._indexes: dict[str, dict[Hashable, ObjectKey | set[ObjectKey]]] = {
+            name: {} for name in self._indexers
+        }
 
     def __len__(self) -> int:
         return len(self._items)
@@ -87,7 +91,12 @@ class Store(Generic[T]):
         return list(self._items.values())
 
     def by_index(self, index: str, value: Hashable) -> list[T]:
-        return [self._items[key] for key in self._indexes[index].get(value, ())]
+        bucket = self._indexes[index].get(value)
+        if bucket is None:
+            return []
+        if isinstance(bucket, set):
+            return [self._items[key] for key in bucket]
+        return [self._items[bucket]]
 
     def index_values(self, index: str) -> list[Hashable]:
         """Every value that some record is filed under in ``index``."""
@@ -100,8 +109,15 @@ class Store(Generic[T]):
         self._items[key] = record
         self._versions[key] = version
         for name, indexer in self._indexers.items():
+            index = self._indexes[name]
             for value in indexer(record):
-                self._indexes[name].setdefault(value, set()).add(key)
+                bucket = index.get(value)
+                if bucket is None:
+                    index[value] = key
+                elif isinstance(bucket, set):
+                    bucket.add(key)
+                elif bucket != key:
+                    index[value] = {bucket, key}
         return old
 
     def delete(self, key: ObjectKey) -> T | None:
@@ -113,12 +129,15 @@ class Store(Generic[T]):
 
     def _unindex(self, key: ObjectKey, record: T) -> None:
         for name, indexer in self._indexers.items():
+            index = self._indexes[name]
             for value in indexer(record):
-                keys = self._indexes[name].get(value)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del self._indexes[name][value]
+                bucket = index.get(value)
+                if isinstance(bucket, set):
+                    bucket.discard(key)
+                    if not bucket:
+                        del index[value]
+                elif bucket == key:
+                    del index[value]
 
 
 class WatchExpired(Exception):

@@ -8,7 +8,7 @@ or result: those live in the API server, where the taskyard command and kubectl 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,36 @@ _FINISHED_STATUS_FIELDS = (
     "completionTime",
     "workspace",
 )
+_SHARED_FIELDS = frozenset({"phase", "reason"})  # a few values repeated across thousands of Tasks
+
+
+class FinishedStatus(Mapping[str, Any]):
+    """A finished Task's few status fields, as a tuple in a fixed order: at tens of thousands of
+    finished Tasks, a dict each would cost more than the rest of the record."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, status: Mapping[str, Any]) -> None:
+        self._values = tuple(status.get(field) for field in _FINISHED_STATUS_FIELDS)
+
+    def __getitem__(self, field: str) -> Any:
+        try:
+            value = self._values[_FINISHED_STATUS_FIELDS.index(field)]
+        except ValueError:
+            raise KeyError(field) from None
+        if value is None:
+            raise KeyError(field)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (
+            field
+            for field, value in zip(_FINISHED_STATUS_FIELDS, self._values, strict=True)
+            if value is not None
+        )
+
+    def __len__(self) -> int:
+        return sum(value is not None for value in self._values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +112,6 @@ def project_task(body: Mapping[str, Any]) -> TaskRecord:
     meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
     phase = status.get("phase")
     finished = phase in TERMINAL_PHASES
-    fields = _FINISHED_STATUS_FIELDS if finished else MANAGED_FIELDS
     return TaskRecord(
         namespace=sys.intern(meta.get("namespace") or ""),
         name=meta["name"],
@@ -97,8 +126,7 @@ def project_task(body: Mapping[str, Any]) -> TaskRecord:
         ttl=spec.get("ttlSecondsAfterFinished"),
         phase=sys.intern(phase) if isinstance(phase, str) else phase,
         spec=None if finished else dict(spec),
-        # Values repeated across thousands of Tasks (phase, reason) are kept once.
-        status={field: _shared(status[field]) for field in fields if field in status},
+        status=FinishedStatus(_shared(status)) if finished else _shared(status),
     )
 
 
@@ -148,8 +176,15 @@ def project_pod(body: Mapping[str, Any]) -> PodRecord:
     )
 
 
-def _shared(value: Any) -> Any:
-    return sys.intern(value) if isinstance(value, str) and len(value) <= 64 else value
+def _shared(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The managed fields of a status; values repeated across thousands of Tasks are kept once."""
+    return {
+        field: sys.intern(status[field])
+        if field in _SHARED_FIELDS and isinstance(status[field], str)
+        else status[field]
+        for field in MANAGED_FIELDS
+        if field in status
+    }
 
 
 def project_spec(body: Mapping[str, Any]) -> dict[str, Any]:

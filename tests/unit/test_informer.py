@@ -46,6 +46,23 @@ def test_store_indexes_follow_every_change():
     assert store.delete(("ns", "missing")) is None
 
 
+def test_index_values_that_name_one_object_and_several_answer_alike():
+    store: Store[dict[str, Any]] = Store({"owner": lambda r: [r["owner"]]})
+    store.put(("ns", "a"), {"owner": "u1"})
+    store.put(("ns", "a"), {"owner": "u1"})  # the same object again: still one
+    assert store.by_index("owner", "u1") == [{"owner": "u1"}]
+    store.put(("ns", "b"), {"owner": "u1", "n": 2})
+    store.put(("ns", "c"), {"owner": "u1", "n": 3})
+    assert len(store.by_index("owner", "u1")) == 3
+    store.delete(("ns", "a"))
+    store.put(("ns", "b"), {"owner": "u2"})
+    assert store.by_index("owner", "u1") == [{"owner": "u1", "n": 3}]
+    assert store.by_index("owner", "u2") == [{"owner": "u2"}]
+    store.delete(("ns", "c"))
+    store.delete(("ns", "b"))
+    assert store.index_values("owner") == [] and store.by_index("owner", "u1") == []
+
+
 def test_synced_only_after_every_page_of_the_list():
     async def scenario() -> None:
         second_page = asyncio.Event()
