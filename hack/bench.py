@@ -614,7 +614,7 @@ class Bench:
         # Map acknowledgement times (monotonic) onto the wall clock of the admitted-at annotations.
         offset = time.time() - time.monotonic()
         created = {name: at + offset for name, at in acknowledged.items()}
-        inversions = count_inversions(specs, created, admitted, grace=1.0)
+        inversions = len(find_inversions(specs, created, admitted, grace=1.0))
         intervals = [(pod_started[p], pod_ended.get(p, float("inf"))) for p in pod_started]
         result = {
             "n": n,
@@ -657,6 +657,7 @@ class Bench:
         job_intervals: dict[str, list[float]] = {}
         pod_intervals: dict[str, list[float]] = {}
         final: dict[str, float] = {}
+        first_seen: dict[str, float] = {}  # when the benchmark's own watch first delivered each Task
         stop = asyncio.Event()
 
         def on_job(kind: str, body: dict[str, Any], at: float) -> None:
@@ -677,6 +678,7 @@ class Bench:
                 interval[1] = min(interval[1], at)
 
         def on_task(kind: str, body: dict[str, Any], at: float) -> None:
+            first_seen.setdefault(body["metadata"]["name"], at)
             if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 final.setdefault(body["metadata"]["name"], at)
 
@@ -720,6 +722,8 @@ class Bench:
         tasks = (await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "tasks"))["items"]
         offset = time.time() - time.monotonic()
         created = {name: at + offset for name, at in acknowledged.items()}
+        seen = {name: at + offset for name, at in first_seen.items()}
+        inverted = find_inversions(specs, created, admitted, grace=1.0, seen=seen)
         result = {
             "n": n,
             "limit": limit,
@@ -728,7 +732,8 @@ class Bench:
             "not_succeeded": sum(1 for t in tasks if t.get("status", {}).get("phase") != "Succeeded"),
             "max_active_jobs": max_overlap([tuple(i) for i in job_intervals.values()]),
             "max_running_pods": max_overlap([tuple(i) for i in pod_intervals.values()]),
-            "inversions": count_inversions(specs, created, admitted, grace=1.0),
+            "inversions": len(inverted),
+            "inverted": inverted[:20],
             "tasks_per_minute": round(n / elapsed * 60, 1),
             "seconds": round(elapsed, 1),
             "operator_cpu_seconds": round(cpu, 1),
@@ -921,22 +926,47 @@ class Bench:
         return runs
 
 
-def count_inversions(
-    specs: dict[str, dict[str, Any]], created: dict[str, float], admitted: dict[str, float], grace: float
-) -> int:
-    """Admissions that went ahead of a higher-priority Task that had been waiting at least ``grace`` s."""
+def find_inversions(
+    specs: dict[str, dict[str, Any]],
+    created: dict[str, float],
+    admitted: dict[str, float],
+    grace: float,
+    seen: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Admissions that went ahead of a higher-priority Task that had been waiting at least ``grace`` s:
+    for each, the Task admitted and the earliest such Task it went ahead of, with when the benchmark's
+    own watch first saw that one (``seen``): a Task no watch had delivered yet cannot be ordered."""
     rank = {name: PRIORITIES.index(spec["priority"]) for name, spec in specs.items()}
     order = sorted(admitted, key=admitted.get)
-    # Walking from the last admission back, the earliest creation time of any later-admitted Task
-    # per priority: linear, where comparing every pair would be quadratic at 10,000 Tasks.
-    earliest_later = [float("inf")] * len(PRIORITIES)
-    inversions = 0
+    # Walking from the last admission back, the earliest-created later-admitted Task per priority:
+    # linear, where comparing every pair would be quadratic at 10,000 Tasks.
+    earliest_later: list[str | None] = [None] * len(PRIORITIES)
+    found = []
     for name in reversed(order):
         at = admitted[name]
-        if any(earliest_later[higher] + grace <= at for higher in range(rank[name])):
-            inversions += 1
-        earliest_later[rank[name]] = min(earliest_later[rank[name]], created[name])
-    return inversions
+        waiting = [
+            later
+            for later in earliest_later[: rank[name]]
+            if later is not None and created[later] + grace <= at
+        ]
+        if waiting:
+            ahead_of = min(waiting, key=created.get)
+            found.append(
+                {
+                    "admitted": name,
+                    "priority": specs[name]["priority"],
+                    "ahead_of": ahead_of,
+                    "ahead_of_priority": specs[ahead_of]["priority"],
+                    "waiting_seconds": round(at - created[ahead_of], 2),
+                    "seen_after_admission": (
+                        round(seen[ahead_of] - at, 2) if seen and ahead_of in seen else None
+                    ),
+                }
+            )
+        current = earliest_later[rank[name]]
+        if current is None or created[name] < created[current]:
+            earliest_later[rank[name]] = name
+    return found
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
