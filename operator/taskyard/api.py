@@ -62,6 +62,9 @@ MAX_TIMEOUT = "168h"
 MAX_TIMEOUT_SECONDS = 168 * 3600
 # Environment variable names every Kubernetes version accepts (C identifiers, plus '-' and '.').
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# The ServiceAccount of agent pods whose Agent names none: created by the operator in each namespace
+# that runs Tasks, with no API token and bound to no role.
+AGENT_SERVICE_ACCOUNT = "taskyard-agent"
 _ENV_NAME = re.compile(ENV_NAME_PATTERN)
 
 DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -216,6 +219,14 @@ ENV_VAR_SCHEMA: dict[str, Any] = {
 }
 
 EnvVar = Annotated[dict[str, Any], AfterValidator(_require_env_name), WithJsonSchema(ENV_VAR_SCHEMA)]
+EnvName = Annotated[
+    str,
+    Field(min_length=1, max_length=1024, pattern=ENV_NAME_PATTERN),
+    _matching(
+        ENV_NAME_PATTERN,
+        "an environment variable name uses letters, digits, '_', '-' and '.', not starting with a digit",
+    ),
+]
 
 
 def _open_object(description: str) -> Any:
@@ -625,6 +636,13 @@ class AgentSpec(_Model):
     env_from: list[EnvFromSource] | None = Field(
         None, description="ConfigMaps and Secrets whose keys become environment variables, e.g. API keys."
     )
+    overridable_env: list[EnvName] | None = Field(
+        None,
+        max_length=64,
+        description="Names of variables in env that a Task's spec.env may replace. The others are the "
+        "Agent's: a Task that sets one is refused (by the chart's admission policy when it is applied, "
+        "and by the operator before it starts).",
+    )
     resources: ResourceRequirements | None = Field(
         None,
         description="CPU, memory and ephemeral-storage requests and limits of the agent container; "
@@ -656,7 +674,9 @@ class AgentSpec(_Model):
     service_account_name: str | None = Field(
         None,
         max_length=253,
-        description="ServiceAccount of the agent's Pod; the namespace's default when unset.",
+        description=f"ServiceAccount of the agent's Pod. When unset, {AGENT_SERVICE_ACCOUNT}: one the "
+        "operator creates in the Task's namespace, without an API token and bound to no role. Another "
+        "one must be listed in the chart's agentServiceAccounts, or the Job is refused.",
     )
     automount_service_account_token: bool = Field(
         False, description="Mount an API token into the agent's Pod. Off, as agents rarely need the API."

@@ -36,7 +36,16 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from taskyard import metrics
-from taskyard.api import API_VERSION, GROUP, LABEL_TASK, VERSION, SpecError, parse_agent_spec, parse_task_spec
+from taskyard.api import (
+    AGENT_SERVICE_ACCOUNT,
+    API_VERSION,
+    GROUP,
+    LABEL_TASK,
+    VERSION,
+    SpecError,
+    parse_agent_spec,
+    parse_task_spec,
+)
 from taskyard.apiwrite import send
 from taskyard.events import EventRecorder
 from taskyard.informer import Informer, ResourceType, Store
@@ -74,6 +83,7 @@ from taskyard.render import (
     job_name_for,
     label_value_for,
     owner_reference,
+    refused_env_overrides,
     render_job,
     render_workspace_claim,
     workspace_claim_name,
@@ -206,6 +216,7 @@ class Controller:
         # (salvaged at a cancel) is read once more when it has ended, for what it printed meanwhile.
         self.logs_collected_from: dict[str, tuple[str, bool]] = {}
         self.log_followers = LogFollowers(self.api, self._followed_log_ready)
+        self.agent_accounts: set[str] = set()  # namespaces where the agents' ServiceAccount exists
         self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
         # uid -> name of the Job this operator created, until the Task is final: the status names its Job
         # only once the watch has shown it, and a Job that vanishes before that must fail the Task
@@ -610,6 +621,11 @@ class Controller:
             self.reserved.pop(task.uid, None)
             await self._fail(task, "InvalidSpec", str(error))
             return False
+        refused = refused_env_overrides(task_spec, agent_spec)
+        if refused:
+            self.reserved.pop(task.uid, None)
+            await self._fail(task, "InvalidSpec", _refused_overrides_message(refused, reservation.agent.ref))
+            return False
         ref = TaskRef(name=task.name, namespace=task.namespace, uid=task.uid, spec=task_spec)
         priority_class = f"taskyard-{task_spec.priority}"
         if self.priority_classes.get(("", priority_class)) is None:
@@ -635,6 +651,8 @@ class Controller:
                     core.read_namespaced_config_map,
                 )
             ]
+            if agent_spec.service_account_name is None:
+                steps.append(self._ensure_agent_account(task.namespace))
             if claim is not None:
                 steps.append(
                     self._create_owned(
@@ -688,6 +706,25 @@ class Controller:
         message = f"creating the Job failed ({reason}); trying again in {delay:.0f}s"
         with contextlib.suppress(Exception):
             await self._patch_status(task, {"reason": "JobCreateFailed", "message": message})
+
+    async def _ensure_agent_account(self, namespace: str) -> None:
+        """The ServiceAccount of agent pods whose Agent names none, created once per namespace. One
+        that exists under that name is used as it is: an administrator may have made it on purpose."""
+        if namespace in self.agent_accounts:
+            return
+        body = {
+            "metadata": {
+                "name": AGENT_SERVICE_ACCOUNT,
+                "labels": {"app.kubernetes.io/managed-by": "taskyard", "app.kubernetes.io/name": "taskyard"},
+            },
+            "automountServiceAccountToken": False,
+        }
+        try:
+            await send(client.CoreV1Api(self.api).create_namespaced_service_account, namespace, body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        self.agent_accounts.add(namespace)
 
     async def _create_owned(
         self, task: TaskRecord, kind: str, body: dict[str, Any], create: Any, read: Any
@@ -1038,6 +1075,14 @@ class Controller:
             updated["metadata"]["resourceVersion"],
             {k: status[k] for k in MANAGED_FIELDS if k in status},
         )
+
+
+def _refused_overrides_message(names: list[str], agent_ref: str) -> str:
+    listed = ", ".join(names)
+    return (
+        f"spec.env sets {listed}, which {agent_ref} sets itself and does not list in spec.overridableEnv: "
+        "an Agent's variables are its author's; remove them from the Task, or have the Agent list them"
+    )
 
 
 def _attempt(pods: list[PodView], pod: PodView) -> int:

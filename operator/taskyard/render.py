@@ -122,6 +122,13 @@ def _merged_env(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_name.values())
 
 
+def refused_env_overrides(task: TaskSpec, agent: AgentSpec) -> list[str]:
+    """The Task's env variables that would replace ones the Agent sets without listing them as
+    overridable: an Agent's settings (a base URL next to its API key, say) are its author's."""
+    own = {entry["name"] for entry in agent.env or []} - set(agent.overridable_env or [])
+    return [entry["name"] for entry in task.env or [] if entry["name"] in own]
+
+
 def _env(task: TaskRef, agent: AgentSpec) -> list[dict[str, Any]]:
     spec = task.spec
     entries: list[dict[str, Any]] = [
@@ -339,8 +346,7 @@ def render_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": agent.automount_service_account_token,
     }
-    if agent.service_account_name:
-        pod_spec["serviceAccountName"] = agent.service_account_name
+    pod_spec["serviceAccountName"] = agent.service_account_name or api.AGENT_SERVICE_ACCOUNT
     pod_spec["terminationGracePeriodSeconds"] = agent.termination_grace_period_seconds
     # Service links inject an env var per Service in the namespace: noise for the agent, and a leak of names.
     pod_spec["enableServiceLinks"] = False

@@ -26,6 +26,7 @@ NS = "ns"
 TASKS = f"/apis/taskyard.dev/v1alpha1/namespaces/{NS}/tasks"
 JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 CONFIG_MAPS = f"/api/v1/namespaces/{NS}/configmaps"
+SERVICE_ACCOUNTS = f"/api/v1/namespaces/{NS}/serviceaccounts"
 SHELL = {"image": "shell:dev", "command": ["sh", "/etc/taskyard/prompt"]}
 
 
@@ -76,6 +77,8 @@ def controller_for(fake: FakeApi, **settings: Any) -> Controller:
     api = InstrumentedApiClient(fake.client().configuration)
     controller = Controller(api=api, settings=OperatorSettings(metrics_port=0, **settings), namespaces=[NS])
     controller.agents.put((NS, "shell"), dict(SHELL))
+    if SERVICE_ACCOUNTS not in fake.routes:
+        fake.route(SERVICE_ACCOUNTS, created("ServiceAccount"))
     return controller
 
 
@@ -492,6 +495,75 @@ def test_a_job_that_vanishes_before_the_watch_shows_it_fails_the_task_and_is_nev
             assert (patch["phase"], patch["reason"]) == ("Failed", "JobDeleted")
             assert "the Job gone was deleted outside taskyard" in patch["message"]
             assert [(m, p) for m, p, _ in fake.requests if p == JOBS] == [("POST", JOBS)]
+            await controller.api.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("answer", [201, 409], ids=["created", "already-there"])
+def test_agents_without_a_service_account_get_a_tokenless_one_made_once_per_namespace(answer: int):
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.route(CONFIG_MAPS, created())
+            jobs: list[dict] = []
+
+            async def job(request: web.Request) -> web.StreamResponse:
+                jobs.append(json.loads(await request.read()))
+                return web.json_response(jobs[-1], status=201)
+
+            fake.route(JOBS, job)
+            accounts: list[dict] = []
+
+            async def account(request: web.Request) -> web.StreamResponse:
+                accounts.append(json.loads(await request.read()))
+                if answer == 409:
+                    return web.json_response({"kind": "Status", "code": 409}, status=409)
+                return web.json_response(accounts[-1], status=201)
+
+            fake.route(SERVICE_ACCOUNTS, account)
+            controller = controller_for(fake)
+            for name in ("one", "two"):
+                fake.status_route(name)
+                add_task(controller, task_body(name))
+            for key in controller.admit():
+                await controller.reconcile(key)
+            assert len(accounts) == 1
+            assert accounts[0]["metadata"]["name"] == "taskyard-agent"
+            assert accounts[0]["automountServiceAccountToken"] is False
+            assert [job["spec"]["template"]["spec"]["serviceAccountName"] for job in jobs] == [
+                "taskyard-agent"
+            ] * 2
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_a_task_may_not_replace_what_its_agent_sets_unless_the_agent_lets_it():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.route(CONFIG_MAPS, created())
+            fake.route(JOBS, created("Job"))
+            controller = controller_for(fake)
+            agent = {
+                **SHELL,
+                "env": [{"name": "BASE_URL", "value": "https://proxy"}, {"name": "LEVEL", "value": "1"}],
+            }
+            controller.agents.put((NS, "shell"), {**agent, "overridableEnv": ["LEVEL"]})
+            for name, env in (("redirect", "BASE_URL"), ("tune", "LEVEL")):
+                fake.status_route(name)
+                body = task_body(name)
+                body["spec"]["env"] = [{"name": env, "value": "x"}]
+                add_task(controller, body)
+            for key in controller.admit():
+                await controller.reconcile(key)
+            [(name, patch)] = patches
+            assert name == "redirect" and (patch["phase"], patch["reason"]) == ("Failed", "InvalidSpec")
+            assert "spec.env sets BASE_URL, which Agent/ns/shell sets itself" in patch["message"]
+            assert "uid-tune" in controller.reserved and controller.reserved["uid-tune"].created
             await controller.api.close()
 
     run(scenario())

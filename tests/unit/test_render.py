@@ -11,6 +11,7 @@ from taskyard.render import (
     TaskRef,
     job_name_for,
     label_value_for,
+    refused_env_overrides,
     render_job,
     render_workspace_claim,
     workspace_claim_name,
@@ -207,7 +208,7 @@ def test_pod_is_locked_down_by_default():
         "fsGroup": 65532,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    assert "serviceAccountName" not in pod
+    assert pod["serviceAccountName"] == "taskyard-agent"  # made by the operator, with no token
     assert "priorityClassName" not in pod
     assert "nodeSelector" not in pod and "schedulerName" not in pod
     assert "tolerations" not in pod
@@ -501,3 +502,26 @@ def test_a_read_only_root_filesystem_comes_with_a_writable_tmp():
     assert {"name": "tmp", "mountPath": "/tmp"} in container(job)["volumeMounts"]
     default = render_job(make_task(), make_agent(), "coder")
     assert "readOnlyRootFilesystem" not in container(default)["securityContext"]
+
+
+def test_a_task_may_replace_only_the_agent_variables_it_lists_as_overridable():
+    agent = parse_agent_spec(
+        {
+            "image": "a",
+            "env": [{"name": "BASE_URL", "value": "https://proxy"}, {"name": "LEVEL", "value": "1"}],
+            "overridableEnv": ["LEVEL"],
+        }
+    )
+    task = parse_task_spec(
+        {
+            "agent": "a",
+            "prompt": "p",
+            "env": [
+                {"name": "LEVEL", "value": "2"},
+                {"name": "BASE_URL", "value": "https://elsewhere"},
+                {"name": "NEW", "value": "x"},
+            ],
+        }
+    )
+    assert refused_env_overrides(task, agent) == ["BASE_URL"]
+    assert refused_env_overrides(task, parse_agent_spec({"image": "a"})) == []
