@@ -59,6 +59,14 @@ def _kubectl_binary_dir() -> str:
     return str(cache / f"kubernetes-{version}" / "bin")
 
 
+def helm_binary() -> str:
+    """The helm built with the local cluster's tools, else helm on PATH."""
+    version = os.environ.get("HELM_VERSION", "v3.19.0")
+    cache = Path(os.environ.get("TASKYARD_CACHE", Path.home() / ".cache" / "taskyard"))
+    built = cache / f"helm-{version}" / "bin" / "helm"
+    return str(built) if built.exists() else "helm"
+
+
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The cluster under test (see the module docstring for how it is chosen)."""

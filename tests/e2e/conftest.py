@@ -11,23 +11,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster
+from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster, helm_binary
 
 OPERATOR_IMAGE = os.environ.get("TASKYARD_OPERATOR_IMAGE", "localhost/taskyard/operator:dev")
 CHART = REPO_ROOT / "helm" / "taskyard"
 AGENT_IMAGE_REGISTRY, AGENT_IMAGE_TAG = "localhost/taskyard", "dev"
 CODING_AGENTS = ("claude-code", "codex", "gemini-cli", "opencode")
-
-
-def helm_binary() -> str:
-    version = os.environ.get("HELM_VERSION", "v3.19.0")
-    cache = Path(os.environ.get("TASKYARD_CACHE", Path.home() / ".cache" / "taskyard"))
-    built = cache / f"helm-{version}" / "bin" / "helm"
-    return str(built) if built.exists() else "helm"
 
 
 @dataclass(frozen=True)

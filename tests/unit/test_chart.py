@@ -516,3 +516,58 @@ def test_agent_images_follow_the_registry_and_tag_values():
     images = {agent["metadata"]["name"]: agent["spec"]["image"] for agent in of_kind(objects, "ClusterAgent")}
     assert images["codex"] == "registry.example/platform/codex:2.0.1"
     assert images["opencode"] == "registry.example/own/opencode:7"  # an image of the user's own wins
+
+
+def policies(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {p["metadata"]["name"]: p for p in of_kind(objects, "ValidatingAdmissionPolicy")}
+
+
+def test_admission_policies_and_their_bindings_are_installed_by_default():
+    objects = render()
+    names = set(policies(objects))
+    assert names == {
+        "taskyard-operator",
+        "taskyard-task-secrets",
+        "taskyard-agent-secrets",
+        "taskyard-task-env-agent",
+        "taskyard-task-env-clusteragent",
+    }
+    bindings = {b["spec"]["policyName"]: b for b in of_kind(objects, "ValidatingAdmissionPolicyBinding")}
+    assert set(bindings) == names
+    assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings.values())
+    assert bindings["taskyard-task-env-agent"]["spec"]["paramRef"] == {
+        "selector": {},
+        "parameterNotFoundAction": "Allow",
+    }
+    assert all(p["spec"]["failurePolicy"] == "Fail" for p in policies(objects).values())
+    assert not of_kind(render("admissionPolicies.enabled=false"), "ValidatingAdmissionPolicy")
+
+
+def test_the_operator_policy_binds_the_operators_own_account_and_protects_namespaces():
+    operator = policies(render())["taskyard-operator"]["spec"]
+    [condition] = operator["matchConditions"]
+    assert condition["expression"] == (
+        f"request.userInfo.username == 'system:serviceaccount:{RELEASE_NAMESPACE}:taskyard'"
+    )
+    protected = operator["validations"][0]["expression"]
+    for namespace in ("kube-system", "kube-public", "kube-node-lease", RELEASE_NAMESPACE):
+        assert f"'{namespace}'" in protected
+    accounts = operator["validations"][3]["expression"]
+    assert "['taskyard-agent']" in accounts
+
+    listed = policies(render("watchNamespaces={kube-public,team-a}", "agentServiceAccounts={builder}"))
+    spec = listed["taskyard-operator"]["spec"]
+    assert "'kube-public'" not in spec["validations"][0]["expression"]  # watched on purpose
+    assert "['taskyard-agent','builder']" in spec["validations"][3]["expression"]
+
+
+def test_the_operator_may_create_only_service_accounts_of_all_that_policy_governs():
+    rules = rbac_rules(render())
+    accounts = [rule for _, rule in rules if "serviceaccounts" in rule["resources"]]
+    assert [rule["verbs"] for rule in accounts] == [["create"]]
+
+
+@pytest.mark.parametrize("value", ["Kube System", "-x"])
+def test_protected_namespaces_must_be_namespace_names(value: str):
+    result = _run_helm("template", "t", str(CHART), "--set", f"protectedNamespaces={{{value}}}", check=False)
+    assert result.returncode != 0 and "protectedNamespaces" in result.stderr

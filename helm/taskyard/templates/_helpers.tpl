@@ -104,6 +104,11 @@ Secrets and ConfigMaps themselves, through their env and volumes. */}}
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "create", "delete"]
+# taskyard-agent, the agents' ServiceAccount when their Agent names none: created once per namespace,
+# without an API token (the admission policy allows no other create, and no change or delete).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["create"]
 # The log ConfigMap each Task owns (<task>-logs): created, then patched for later attempts. No list or
 # watch, and no delete: the garbage collector removes it with its Task.
 - apiGroups: [""]

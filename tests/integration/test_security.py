@@ -1,0 +1,383 @@
+"""Least privilege, checked as the identities involved: the operator's ServiceAccount (impersonated, and
+running the operator on its own token), Task authors with and without access to a Secret.
+
+Each test installs the chart's RBAC and admission policies under a release of its own (helm template,
+applied with kubectl), so what is checked is exactly what the chart ships; the API server enforces it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT, Cluster, helm_binary
+from tests.integration.conftest import Kube
+
+pytestmark = pytest.mark.integration
+
+CHART = REPO_ROOT / "helm" / "taskyard"
+POLICY_TEMPLATES = ("templates/admission.yaml", "templates/rbac.yaml", "templates/serviceaccount.yaml")
+
+
+@dataclass
+class Policies:
+    """The chart's RBAC and admission policies, installed for one release."""
+
+    cluster: Cluster
+    release: str
+    operator_namespace: str
+    manifest: str
+
+    @property
+    def objects(self) -> list[dict[str, Any]]:
+        return [o for o in yaml.safe_load_all(self.manifest) if o]
+
+    @property
+    def operator_account(self) -> str:
+        [account] = [o for o in self.objects if o["kind"] == "ServiceAccount"]
+        return account["metadata"]["name"]
+
+    @property
+    def operator_user(self) -> str:
+        return f"system:serviceaccount:{self.operator_namespace}:{self.operator_account}"
+
+    def as_operator(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl(*args, f"--as={self.operator_user}", input=input, check=False)
+
+    def operator_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig that authenticates with a token of the operator's ServiceAccount, nothing else."""
+        token = self.cluster.kubectl(
+            "-n", self.operator_namespace, "create", "token", self.operator_account, "--duration=1h"
+        ).stdout.strip()
+        admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
+        server = admin["clusters"][0]["cluster"]
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "local", "cluster": server}],
+                    "users": [{"name": "operator", "user": {"token": token}}],
+                    "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+                    "current-context": "operator",
+                }
+            )
+        )
+        return path
+
+
+def install_policies(cluster: Cluster, *values: str) -> Policies:
+    release = f"sec-{uuid.uuid4().hex[:6]}"
+    operator_namespace = f"{release}-system"
+    cluster.kubectl("create", "namespace", operator_namespace)
+    shown = [arg for template in POLICY_TEMPLATES for arg in ("--show-only", template)]
+    sets = [arg for value in values for arg in ("--set", value)]
+    manifest = subprocess.run(
+        [helm_binary(), "template", release, str(CHART), "--namespace", operator_namespace, *shown, *sets],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    cluster.kubectl("apply", "-n", operator_namespace, "-f", "-", input=manifest)
+    return Policies(cluster, release, operator_namespace, manifest)
+
+
+def remove_policies(policies: Policies) -> None:
+    policies.cluster.kubectl(
+        "delete", "-n", policies.operator_namespace, "-f", "-", "--wait=false", "--ignore-not-found",
+        input=policies.manifest, check=False,
+    )  # fmt: skip
+    policies.cluster.kubectl("delete", "namespace", policies.operator_namespace, "--wait=false", check=False)
+
+
+@pytest.fixture
+def policies(cluster: Cluster, kube: Kube) -> Iterator[Policies]:
+    installed = install_policies(cluster)
+    try:
+        yield installed
+    finally:
+        remove_policies(installed)
+
+
+def eventually(what: str, attempt: Callable[[], subprocess.CompletedProcess[str]], denied_with: str) -> str:
+    """Runs ``attempt`` until it fails with ``denied_with`` in its error (a new policy takes the API
+    server a moment to load) and returns the error; fails if it never does."""
+    deadline = time.monotonic() + 30
+    while True:
+        result = attempt()
+        if result.returncode != 0 and denied_with in result.stderr:
+            return result.stderr
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} was not denied with {denied_with!r}: rc={result.returncode} {result.stderr}")
+        time.sleep(0.5)
+
+
+def manifest(kind: str, name: str, namespace: str, **fields: Any) -> str:
+    api_version = {"Job": "batch/v1", "Task": "taskyard.dev/v1alpha1", "Agent": "taskyard.dev/v1alpha1"}
+    body = {
+        "apiVersion": api_version.get(kind, "v1"),
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace},
+    }
+    body.update(fields)
+    return json.dumps(body)
+
+
+def job_of(
+    task: dict[str, Any], namespace: str, account: str = "taskyard-agent", labelled: bool = True
+) -> str:
+    """A Job as the operator would create it for ``task`` (labels, Task as controller owner)."""
+    owner = {
+        "apiVersion": "taskyard.dev/v1alpha1",
+        "kind": "Task",
+        "name": task["metadata"]["name"],
+        "uid": task["metadata"]["uid"],
+        "controller": True,
+    }
+    labels = {"app.kubernetes.io/managed-by": "taskyard", "taskyard.dev/task": task["metadata"]["name"]}
+    pod = {
+        "restartPolicy": "Never",
+        "serviceAccountName": account,
+        "automountServiceAccountToken": False,
+        "containers": [{"name": "agent", "image": "localhost/taskyard/shell:dev", "command": ["true"]}],
+    }
+    return json.dumps(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": task["metadata"]["name"],
+                "namespace": namespace,
+                "labels": labels if labelled else {},
+                "ownerReferences": [owner],
+            },
+            "spec": {"template": {"metadata": {"labels": labels}, "spec": pod}},
+        }
+    )
+
+
+def test_the_operator_may_touch_only_what_is_its_own(
+    kube: Kube, shell_agent: str, policies: Policies
+) -> None:
+    ns = kube.namespace
+    task = kube.create("Task", "target", {"agent": shell_agent, "prompt": "true"})  # no operator: it waits
+
+    error = eventually(
+        "an unlabelled Job",
+        lambda: policies.as_operator("create", "-f", "-", input=job_of(task, ns, labelled=False)),
+        "may create only jobs of its own",
+    )
+    assert f"{ns}/target is not one" in error
+    error = policies.as_operator("create", "-f", "-", input=job_of(task, "kube-system")).stderr
+    assert "may not create jobs in namespace kube-system: it is protected" in error
+    error = policies.as_operator("create", "-f", "-", input=job_of(task, ns, account="default")).stderr
+    assert "would run as ServiceAccount default, which is not one agents may use (taskyard-agent)" in error
+    # What the operator does for a Task is still allowed (checked by the API server, not persisted).
+    allowed = policies.as_operator("create", "--dry-run=server", "-f", "-", input=job_of(task, ns))
+    assert allowed.returncode == 0, allowed.stderr
+
+    cluster = policies.cluster
+    cluster.kubectl("-n", ns, "create", "configmap", "foreign", "--from-literal=k=v")
+    error = policies.as_operator("-n", ns, "patch", "configmap", "foreign", "-p", '{"data":{"k":"x"}}').stderr
+    assert "may update only configmaps of its own" in error and f"{ns}/foreign is not one" in error
+    assert cluster.kubectl("-n", ns, "get", "configmap", "foreign", "-o", "jsonpath={.data.k}").stdout == "v"
+    claim = manifest(
+        "PersistentVolumeClaim", "foreign", ns,
+        spec={"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+    )  # fmt: skip
+    cluster.kubectl("create", "-f", "-", input=claim)
+    error = policies.as_operator("-n", ns, "delete", "pvc", "foreign", "--wait=false").stderr
+    assert "may delete only persistentvolumeclaims of its own" in error
+    assert cluster.kubectl("-n", ns, "get", "pvc", "foreign", check=False).returncode == 0
+    error = policies.as_operator(
+        "-n", "kube-system", "patch", "configmap", "kube-root-ca.crt", "-p", '{"data":{}}'
+    ).stderr
+    assert "in namespace kube-system: it is protected" in error
+
+    sa = manifest("ServiceAccount", "builder", ns, metadata={"name": "builder", "namespace": ns})
+    assert (
+        "may only create the agents' ServiceAccount taskyard-agent"
+        in policies.as_operator("create", "-f", "-", input=sa).stderr
+    )
+    labels = {"app.kubernetes.io/managed-by": "taskyard"}
+    tokened = manifest(
+        "ServiceAccount", "taskyard-agent", ns, automountServiceAccountToken=True,
+        metadata={"name": "taskyard-agent", "namespace": ns, "labels": labels},
+    )  # fmt: skip
+    assert "without an API token" in policies.as_operator("create", "-f", "-", input=tokened).stderr
+    for verb in ("get", "list"):
+        answer = policies.as_operator("auth", "can-i", verb, "secrets", "-n", ns).stdout.strip()
+        assert answer == "no", f"the operator may {verb} Secrets"
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_the_operator_runs_tasks_on_its_own_token_within_the_policies(
+    kube: Kube, shell_agent: str, start_operator, cluster: Cluster, tmp_path: Path, scope: str
+) -> None:
+    values = [] if scope == "cluster" else ["rbac.scope=namespaced", f"watchNamespaces={{{kube.namespace}}}"]
+    installed = install_policies(cluster, *values)
+    try:
+        kubeconfig = installed.operator_kubeconfig(tmp_path / "operator-kubeconfig")
+        start_operator(KUBECONFIG=str(kubeconfig))
+        script = "echo first; test -f /workspace/again || { touch /workspace/again; exit 1; }; echo second"
+        kube.create(
+            "Task",
+            "own",
+            {"agent": shell_agent, "prompt": script, "retries": 1, "workspace": {"size": "1Mi"}},
+        )
+
+        task = kube.wait_for_phase("own", "Succeeded", timeout=180)
+
+        assert task["status"]["attempts"] == 2 and task["status"]["logTail"] == "first\nsecond"
+        account = kube.core.read_namespaced_service_account("taskyard-agent", kube.namespace)
+        assert account.automount_service_account_token is False
+        [job] = kube.jobs("own")
+        assert job.spec.template.spec.service_account_name == "taskyard-agent"
+        if scope == "namespaced":
+            elsewhere = installed.as_operator(
+                "auth", "can-i", "create", "jobs", "-n", installed.operator_namespace
+            )
+            assert elsewhere.stdout.strip() == "no"
+    finally:
+        remove_policies(installed)
+
+
+@pytest.fixture
+def authors(cluster: Cluster, kube: Kube) -> str:
+    """Group task-authors may create Tasks and Agents; only user alice may also read Secret api-key."""
+    ns = kube.namespace
+    kube.core.create_namespaced_secret(
+        ns, {"metadata": {"name": "api-key"}, "stringData": {"key": "sk-test", "token": "t"}}
+    )
+    cluster.kubectl(
+        "-n",
+        ns,
+        "create",
+        "role",
+        "task-author",
+        "--verb=create,get,list",
+        "--resource=tasks.taskyard.dev,agents.taskyard.dev",
+    )
+    cluster.kubectl(
+        "-n", ns, "create", "rolebinding", "task-authors", "--role=task-author", "--group=task-authors"
+    )
+    cluster.kubectl(
+        "-n",
+        ns,
+        "create",
+        "role",
+        "api-key-reader",
+        "--verb=get",
+        "--resource=secrets",
+        "--resource-name=api-key",
+    )
+    cluster.kubectl(
+        "-n", ns, "create", "rolebinding", "alice-reads-api-key", "--role=api-key-reader", "--user=alice"
+    )
+    return ns
+
+
+def create_as(cluster: Cluster, user: str, body: str) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl(
+        "create", "-f", "-", f"--as={user}", "--as-group=task-authors", input=body, check=False
+    )
+
+
+SECRET_REFERENCES = {
+    "spec.env[].valueFrom.secretKeyRef": {
+        "env": [{"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "api-key", "key": "key"}}}]
+    },
+    "spec.promptFrom.secretKeyRef": {"promptFrom": {"secretKeyRef": {"name": "api-key", "key": "key"}}},
+    "spec.repository.secretRef.name": {
+        "repository": {"url": "https://git.example/r.git", "secretRef": {"name": "api-key"}}
+    },
+}
+
+
+@pytest.mark.parametrize("field", list(SECRET_REFERENCES))
+def test_a_task_may_name_only_secrets_its_author_may_read(
+    cluster: Cluster, kube: Kube, authors: str, policies: Policies, field: str
+) -> None:
+    spec = {"agent": "shell", "prompt": "echo hi", **SECRET_REFERENCES[field]}
+    if "promptFrom" in spec:
+        del spec["prompt"]
+
+    def by(user: str) -> subprocess.CompletedProcess[str]:
+        return create_as(cluster, user, manifest("Task", f"by-{user}", authors, spec=spec))
+
+    error = eventually("a Task by bob", lambda: by("bob"), "may not get")
+    assert f"{field} names Secret api-key in namespace {authors}, which bob may not get" in error
+    assert not kube.task_exists("by-bob")
+    accepted = by("alice")
+    assert accepted.returncode == 0, accepted.stderr
+    assert kube.task_exists("by-alice")
+
+
+def test_an_agent_may_name_only_secrets_its_author_may_read(
+    cluster: Cluster, kube: Kube, authors: str, policies: Policies
+) -> None:
+    spec = {"image": "localhost/taskyard/shell:dev", "envFrom": [{"secretRef": {"name": "api-key"}}]}
+    error = eventually(
+        "an Agent by bob",
+        lambda: create_as(cluster, "bob", manifest("Agent", "bobs", authors, spec=spec)),
+        "may not get",
+    )
+    assert "spec.envFrom[].secretRef names Secret api-key" in error
+    accepted = create_as(cluster, "alice", manifest("Agent", "alices", authors, spec=spec))
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def test_a_task_may_not_replace_what_its_agent_sets(cluster: Cluster, kube: Kube, policies: Policies) -> None:
+    env = [
+        {"name": "ANTHROPIC_BASE_URL", "value": "https://proxy.internal"},
+        {"name": "LOG_LEVEL", "value": "info"},
+    ]
+    kube.create(
+        "Agent",
+        "guarded",
+        {"image": "localhost/taskyard/shell:dev", "env": env, "overridableEnv": ["LOG_LEVEL"]},
+    )
+    cluster_agent = f"guarded-{kube.namespace}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "taskyard.dev/v1alpha1", "kind": "ClusterAgent", "metadata": {"name": cluster_agent},
+        "spec": {"image": "localhost/taskyard/shell:dev", "env": env[:1]},
+    }))  # fmt: skip
+    try:
+
+        def task(name: str, agent: str, variable: str) -> subprocess.CompletedProcess[str]:
+            spec = {
+                "agent": agent,
+                "prompt": "true",
+                "env": [{"name": variable, "value": "https://attacker.example"}],
+            }
+            return cluster.kubectl(
+                "create", "-f", "-", input=manifest("Task", name, kube.namespace, spec=spec), check=False
+            )
+
+        error = eventually(
+            "a Task replacing the Agent's base URL",
+            lambda: task("redirect", "guarded", "ANTHROPIC_BASE_URL"),
+            "overridableEnv",
+        )
+        assert "spec.env sets ANTHROPIC_BASE_URL, which Agent guarded sets itself" in error
+        error = eventually(
+            "a Task replacing the ClusterAgent's base URL",
+            lambda: task("redirect-cluster", cluster_agent, "ANTHROPIC_BASE_URL"),
+            "overridableEnv",
+        )
+        assert f"which ClusterAgent {cluster_agent} sets itself" in error
+        for name, agent, variable in (("tune", "guarded", "LOG_LEVEL"), ("extra", "guarded", "EXTRA")):
+            accepted = task(name, agent, variable)
+            assert accepted.returncode == 0, accepted.stderr
+    finally:
+        cluster.kubectl("delete", "clusteragent", cluster_agent, "--wait=false", check=False)
