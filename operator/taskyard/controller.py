@@ -216,7 +216,8 @@ class Controller:
         # (salvaged at a cancel) is read once more when it has ended, for what it printed meanwhile.
         self.logs_collected_from: dict[str, tuple[str, bool]] = {}
         self.log_followers = LogFollowers(self.api, self._followed_log_ready)
-        self.agent_accounts: set[str] = set()  # namespaces where the agents' ServiceAccount exists
+        # namespace -> when the agents' ServiceAccount was last made sure of there
+        self.agent_accounts: dict[str, float] = {}
         self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
         # uid -> name of the Job this operator created, until the Task is final: the status names its Job
         # only once the watch has shown it, and a Job that vanishes before that must fail the Task
@@ -651,7 +652,7 @@ class Controller:
                     core.read_namespaced_config_map,
                 )
             ]
-            if agent_spec.service_account_name is None:
+            if (agent_spec.service_account_name or AGENT_SERVICE_ACCOUNT) == AGENT_SERVICE_ACCOUNT:
                 steps.append(self._ensure_agent_account(task.namespace))
             if claim is not None:
                 steps.append(
@@ -709,8 +710,11 @@ class Controller:
 
     async def _ensure_agent_account(self, namespace: str) -> None:
         """The ServiceAccount of agent pods whose Agent names none, created once per namespace. One
-        that exists under that name is used as it is: an administrator may have made it on purpose."""
-        if namespace in self.agent_accounts:
+        that exists under that name is used as it is: an administrator may have made it on purpose.
+        Checked again after a while, so one deleted (or a namespace made anew) comes back."""
+        if time.monotonic() - self.agent_accounts.get(namespace, -AGENT_ACCOUNT_RECHECK_SECONDS) < (
+            AGENT_ACCOUNT_RECHECK_SECONDS
+        ):
             return
         body = {
             "metadata": {
@@ -724,7 +728,7 @@ class Controller:
         except ApiException as error:
             if error.status != 409:
                 raise
-        self.agent_accounts.add(namespace)
+        self.agent_accounts[namespace] = time.monotonic()
 
     async def _create_owned(
         self, task: TaskRecord, kind: str, body: dict[str, Any], create: Any, read: Any
@@ -833,11 +837,17 @@ class Controller:
             desired = {**desired, "reason": current["reason"], "message": current.get("message", "")}
         # Each attempt's output is kept when it ends, or as soon as its pod starts shutting down (a
         # timeout or cancel deletes the pod, and its log with it).
-        followed = self.log_followers.take(task.uid)
+        followed = self.log_followers.result(task.uid)
         if followed is not None and followed.log is not None:
-            extra.update(await self._keep_collected(task, followed.attempt, followed.pod, followed.log))
-            ended = pod is None or pod.name != followed.pod or pod.terminated
-            collected_pod = (followed.pod, ended)  # an end not yet seen is read again, for its result
+            fields = await self._keep_collected(task, followed.attempt, followed.pod, followed.log)
+            if pod is None or pod.name == followed.pod:  # not when a newer attempt's pod is the one shown
+                extra.update(fields)
+                if pod is not None and pod.terminated:
+                    result = task_result(pod.termination_message, pod.exit_code)
+                    if result is not None:
+                        extra["result"] = result
+                # An end not yet seen is read once more, for its result.
+                collected_pod = (followed.pod, pod is None or pod.terminated)
         if pod is not None and pod.deleting and not pod.terminated:
             deadline = (pod.grace_seconds if pod.grace_seconds is not None else 30) + 10
             self.log_followers.start(task.uid, task.namespace, pod.name, _attempt(pods, pod), deadline)
@@ -869,6 +879,8 @@ class Controller:
         if collected_pod is not None:
             # Only once the status carries it: a failed write collects again on the next try.
             self.logs_collected_from[task.uid] = collected_pod
+        if followed is not None:
+            self.log_followers.release(task.uid, followed)
         if (
             desired.get("phase") in TERMINAL_PHASES
             and not holding
@@ -1075,6 +1087,9 @@ class Controller:
             updated["metadata"]["resourceVersion"],
             {k: status[k] for k in MANAGED_FIELDS if k in status},
         )
+
+
+AGENT_ACCOUNT_RECHECK_SECONDS = 300.0
 
 
 def _refused_overrides_message(names: list[str], agent_ref: str) -> str:

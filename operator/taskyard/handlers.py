@@ -21,6 +21,7 @@ from kubernetes_asyncio import client, config
 
 from taskyard import metrics
 from taskyard.controller import Controller, InstrumentedApiClient
+from taskyard.podlogs import FOLLOW_LIMIT
 from taskyard.settings import OperatorSettings
 
 # Set by ``python -m taskyard`` from its --namespace options; empty: every namespace.
@@ -54,8 +55,9 @@ async def _api_client(settings: OperatorSettings, watches: int) -> InstrumentedA
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
         await config.load_kube_config(client_configuration=configuration)
-    # Every watch holds a connection for its whole life; the workers need room beside them.
-    configuration.connection_pool_maxsize = watches + 2 * settings.workers + 16
+    # Every watch holds a connection for its whole life, and so does every log follow while it runs;
+    # the workers need room beside them.
+    configuration.connection_pool_maxsize = watches + FOLLOW_LIMIT + 2 * settings.workers + 16
     api = InstrumentedApiClient(configuration)
     api.default_timeout = settings.request_timeout_seconds
     return api

@@ -26,6 +26,7 @@ from taskyard.informer import open_stream
 logger = logging.getLogger("taskyard")
 
 KEEP_BYTES = 256 * 1024
+FOLLOW_LIMIT = 64  # log follows at once; the API client's connection pool has room for them
 
 # The kubelet starts a log response (status 200) before it asks the runtime for the container, so when
 # the container is already gone (a deleted pod's containers are removed the moment they exit) its error
@@ -160,7 +161,7 @@ class LogFollowers:
         self,
         api: client.ApiClient,
         on_done: Callable[[str], None],
-        limit: int = 64,
+        limit: int = FOLLOW_LIMIT,
         keep_bytes: int = KEEP_BYTES,
     ) -> None:
         self.api = api
@@ -191,8 +192,14 @@ class LogFollowers:
         running = self._running.get(uid)
         return running is not None and (pod is None or running[0] == pod)
 
-    def take(self, uid: str) -> FollowedLog | None:
-        return self._done.pop(uid, None)
+    def result(self, uid: str) -> FollowedLog | None:
+        """What this Task's last follow brought back, until :meth:`release`."""
+        return self._done.get(uid)
+
+    def release(self, uid: str, followed: FollowedLog) -> None:
+        """Forgets a follow's result once it has been used (a newer one is kept)."""
+        if self._done.get(uid) is followed:
+            del self._done[uid]
 
     def forget(self, uid: str) -> None:
         running = self._running.pop(uid, None)

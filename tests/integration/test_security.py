@@ -172,12 +172,15 @@ def test_the_operator_may_touch_only_what_is_its_own(
     ns = kube.namespace
     task = kube.create("Task", "target", {"agent": shell_agent, "prompt": "true"})  # no operator: it waits
 
-    error = eventually(
+    unlabelled = job_of(task, ns, labelled=False)
+    dry_run = ("create", "--dry-run=server", "-f", "-")  # admission runs; nothing is stored
+    eventually(
         "an unlabelled Job",
-        lambda: policies.as_operator("create", "-f", "-", input=job_of(task, ns, labelled=False)),
+        lambda: policies.as_operator(*dry_run, input=unlabelled),
         "may create only jobs of its own",
     )
-    assert f"{ns}/target is not one" in error
+    error = policies.as_operator("create", "-f", "-", input=unlabelled).stderr
+    assert "may create only jobs of its own" in error and f"{ns}/target is not one" in error
     error = policies.as_operator("create", "-f", "-", input=job_of(task, "kube-system")).stderr
     assert "may not create jobs in namespace kube-system: it is protected" in error
     error = policies.as_operator("create", "-f", "-", input=job_of(task, ns, account="default")).stderr
@@ -204,17 +207,16 @@ def test_the_operator_may_touch_only_what_is_its_own(
     ).stderr
     assert "in namespace kube-system: it is protected" in error
 
-    sa = manifest("ServiceAccount", "builder", ns, metadata={"name": "builder", "namespace": ns})
-    assert (
-        "may only create the agents' ServiceAccount taskyard-agent"
-        in policies.as_operator("create", "-f", "-", input=sa).stderr
-    )
-    labels = {"app.kubernetes.io/managed-by": "taskyard"}
-    tokened = manifest(
-        "ServiceAccount", "taskyard-agent", ns, automountServiceAccountToken=True,
-        metadata={"name": "taskyard-agent", "namespace": ns, "labels": labels},
-    )  # fmt: skip
-    assert "without an API token" in policies.as_operator("create", "-f", "-", input=tokened).stderr
+    def account(name: str, token: bool) -> str:
+        metadata = {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "taskyard"}}
+        return manifest("ServiceAccount", name, ns, automountServiceAccountToken=token, metadata=metadata)
+
+    error = policies.as_operator("create", "-f", "-", input=account("builder", token=False)).stderr
+    assert "may only create the agents' taskyard-agent" in error and f"not create {ns}/builder" in error
+    error = policies.as_operator("create", "-f", "-", input=account("taskyard-agent", token=True)).stderr
+    assert "must have automountServiceAccountToken: false" in error
+    allowed = policies.as_operator(*dry_run, input=account("taskyard-agent", token=False))
+    assert allowed.returncode == 0, allowed.stderr
     for verb in ("get", "list"):
         answer = policies.as_operator("auth", "can-i", verb, "secrets", "-n", ns).stdout.strip()
         assert answer == "no", f"the operator may {verb} Secrets"
@@ -287,9 +289,13 @@ def authors(cluster: Cluster, kube: Kube) -> str:
     return ns
 
 
-def create_as(cluster: Cluster, user: str, body: str) -> subprocess.CompletedProcess[str]:
+def create_as(
+    cluster: Cluster, user: str, body: str, dry_run: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """kubectl create as ``user`` of group task-authors; a server-side dry run still runs admission."""
+    dry = ["--dry-run=server"] if dry_run else []
     return cluster.kubectl(
-        "create", "-f", "-", f"--as={user}", "--as-group=task-authors", input=body, check=False
+        "create", *dry, "-f", "-", f"--as={user}", "--as-group=task-authors", input=body, check=False
     )
 
 
@@ -312,10 +318,11 @@ def test_a_task_may_name_only_secrets_its_author_may_read(
     if "promptFrom" in spec:
         del spec["prompt"]
 
-    def by(user: str) -> subprocess.CompletedProcess[str]:
-        return create_as(cluster, user, manifest("Task", f"by-{user}", authors, spec=spec))
+    def by(user: str, dry_run: bool = False) -> subprocess.CompletedProcess[str]:
+        return create_as(cluster, user, manifest("Task", f"by-{user}", authors, spec=spec), dry_run)
 
-    error = eventually("a Task by bob", lambda: by("bob"), "may not get")
+    eventually("a Task by bob", lambda: by("bob", dry_run=True), "may not get")
+    error = by("bob").stderr
     assert f"{field} names Secret api-key in namespace {authors}, which bob may not get" in error
     assert not kube.task_exists("by-bob")
     accepted = by("alice")
@@ -327,11 +334,9 @@ def test_an_agent_may_name_only_secrets_its_author_may_read(
     cluster: Cluster, kube: Kube, authors: str, policies: Policies
 ) -> None:
     spec = {"image": "localhost/taskyard/shell:dev", "envFrom": [{"secretRef": {"name": "api-key"}}]}
-    error = eventually(
-        "an Agent by bob",
-        lambda: create_as(cluster, "bob", manifest("Agent", "bobs", authors, spec=spec)),
-        "may not get",
-    )
+    bobs = manifest("Agent", "bobs", authors, spec=spec)
+    eventually("an Agent by bob", lambda: create_as(cluster, "bob", bobs, dry_run=True), "may not get")
+    error = create_as(cluster, "bob", bobs).stderr
     assert "spec.envFrom[].secretRef names Secret api-key" in error
     accepted = create_as(cluster, "alice", manifest("Agent", "alices", authors, spec=spec))
     assert accepted.returncode == 0, accepted.stderr
@@ -354,28 +359,30 @@ def test_a_task_may_not_replace_what_its_agent_sets(cluster: Cluster, kube: Kube
     }))  # fmt: skip
     try:
 
-        def task(name: str, agent: str, variable: str) -> subprocess.CompletedProcess[str]:
+        def task(
+            name: str, agent: str, variable: str, dry_run: bool = False
+        ) -> subprocess.CompletedProcess[str]:
             spec = {
                 "agent": agent,
                 "prompt": "true",
                 "env": [{"name": variable, "value": "https://attacker.example"}],
             }
-            return cluster.kubectl(
-                "create", "-f", "-", input=manifest("Task", name, kube.namespace, spec=spec), check=False
-            )
+            body = manifest("Task", name, kube.namespace, spec=spec)
+            dry = ["--dry-run=server"] if dry_run else []
+            return cluster.kubectl("create", *dry, "-f", "-", input=body, check=False)
 
-        error = eventually(
-            "a Task replacing the Agent's base URL",
-            lambda: task("redirect", "guarded", "ANTHROPIC_BASE_URL"),
-            "overridableEnv",
-        )
-        assert "spec.env sets ANTHROPIC_BASE_URL, which Agent guarded sets itself" in error
-        error = eventually(
-            "a Task replacing the ClusterAgent's base URL",
-            lambda: task("redirect-cluster", cluster_agent, "ANTHROPIC_BASE_URL"),
-            "overridableEnv",
-        )
-        assert f"which ClusterAgent {cluster_agent} sets itself" in error
+        for name, agent, kind in (
+            ("redirect", "guarded", "Agent"),
+            ("redirect-cluster", cluster_agent, "ClusterAgent"),
+        ):
+            eventually(
+                f"a Task replacing the {kind}'s base URL",
+                lambda name=name, agent=agent: task(name, agent, "ANTHROPIC_BASE_URL", dry_run=True),
+                "overridableEnv",
+            )
+            error = task(name, agent, "ANTHROPIC_BASE_URL").stderr
+            assert f"spec.env sets ANTHROPIC_BASE_URL, which {kind} {agent} sets itself" in error
+            assert not kube.task_exists(name)
         for name, agent, variable in (("tune", "guarded", "LOG_LEVEL"), ("extra", "guarded", "EXTRA")):
             accepted = task(name, agent, variable)
             assert accepted.returncode == 0, accepted.stderr

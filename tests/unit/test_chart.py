@@ -552,13 +552,13 @@ def test_the_operator_policy_binds_the_operators_own_account_and_protects_namesp
     protected = operator["validations"][0]["expression"]
     for namespace in ("kube-system", "kube-public", "kube-node-lease", RELEASE_NAMESPACE):
         assert f"'{namespace}'" in protected
-    accounts = operator["validations"][3]["expression"]
+    accounts = operator["validations"][4]["expression"]
     assert "['taskyard-agent']" in accounts
 
     listed = policies(render("watchNamespaces={kube-public,team-a}", "agentServiceAccounts={builder}"))
     spec = listed["taskyard-operator"]["spec"]
     assert "'kube-public'" not in spec["validations"][0]["expression"]  # watched on purpose
-    assert "['taskyard-agent','builder']" in spec["validations"][3]["expression"]
+    assert "['taskyard-agent','builder']" in spec["validations"][4]["expression"]
 
 
 def test_the_operator_may_create_only_service_accounts_of_all_that_policy_governs():

@@ -166,13 +166,15 @@ def test_a_follow_brings_back_all_the_agent_wrote_until_it_exits():
                 assert followers.start("uid-1", "ns", "p", 1, deadline=10)
                 assert followers.start("uid-1", "ns", "p", 1, deadline=10)  # already followed
                 assert followers.following("uid-1", "p") and not followers.following("uid-1", "other")
-                assert followers.take("uid-1") is None
+                assert followers.result("uid-1") is None
                 for _ in range(50):
                     if done:
                         break
                     await asyncio.sleep(0.1)
                 assert done == ["uid-1"] and not followers.following("uid-1")
-                followed = followers.take("uid-1")
+                followed = followers.result("uid-1")
+                followers.release("uid-1", followed)
+                assert followers.result("uid-1") is None
                 assert followed.pod == "p" and followed.attempt == 1
                 assert followed.log.text == "working\ncleaning up\n" and followed.log.complete
                 assert ("follow", "true") in fake.requests[0][2].items()
@@ -202,7 +204,7 @@ def test_follows_are_bounded_in_number_and_time_and_end_when_forgotten():
                         break
                     await asyncio.sleep(0.1)
                 assert done == ["a"]  # "b" was forgotten: it reports nothing
-                followed = followers.take("a")
+                followed = followers.result("a")
                 assert followed.log.text == "started\n" and not followed.log.complete
             finally:
                 await followers.stop()
@@ -224,7 +226,7 @@ def test_a_follow_of_a_gone_container_brings_back_no_log():
                     if done:
                         break
                     await asyncio.sleep(0.1)
-                assert followers.take("uid-1") == FollowedLog("p", 2, None)
+                assert followers.result("uid-1") == FollowedLog("p", 2, None)
             finally:
                 await followers.stop()
                 await api.close()
