@@ -88,13 +88,18 @@ def install_policies(cluster: Cluster, *values: str) -> Policies:
         check=True,
         timeout=120,
     ).stdout
-    cluster.kubectl("apply", "-n", operator_namespace, "-f", "-", input=manifest)
-    return Policies(cluster, release, operator_namespace, manifest)
+    installed = Policies(cluster, release, operator_namespace, manifest)
+    try:
+        cluster.kubectl("apply", "-f", "-", input=manifest)  # every namespaced object names its namespace
+    except subprocess.CalledProcessError as error:
+        remove_policies(installed)
+        pytest.fail(f"applying the chart's policies failed: {error.stderr}")
+    return installed
 
 
 def remove_policies(policies: Policies) -> None:
     policies.cluster.kubectl(
-        "delete", "-n", policies.operator_namespace, "-f", "-", "--wait=false", "--ignore-not-found",
+        "delete", "-f", "-", "--wait=false", "--ignore-not-found",
         input=policies.manifest, check=False,
     )  # fmt: skip
     policies.cluster.kubectl("delete", "namespace", policies.operator_namespace, "--wait=false", check=False)
@@ -145,6 +150,8 @@ def job_of(
         "controller": True,
     }
     labels = {"app.kubernetes.io/managed-by": "taskyard", "taskyard.dev/task": task["metadata"]["name"]}
+    if not labelled:  # on the pod template too: a Job without labels takes its template's
+        labels = {"app": "other"}
     pod = {
         "restartPolicy": "Never",
         "serviceAccountName": account,
@@ -158,7 +165,7 @@ def job_of(
             "metadata": {
                 "name": task["metadata"]["name"],
                 "namespace": namespace,
-                "labels": labels if labelled else {},
+                "labels": labels,
                 "ownerReferences": [owner],
             },
             "spec": {"template": {"metadata": {"labels": labels}, "spec": pod}},
