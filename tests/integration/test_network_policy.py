@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 API_SERVICE = ("10.0.0.1", 443)  # the `kubernetes` Service: the API server, behind kube-proxy
 NODE = ("10.244.0.1", 6443)  # the node's own address: the API server, directly
+ENFORCER_DELAY_SECONDS = 5
 RESTRICTED = {
     "runAsNonRoot": True,
     "runAsUser": 65532,
@@ -32,14 +33,12 @@ def probe_script(targets: dict[str, tuple[str, int]], token: str) -> str:
     must answer with the token, the API server with its answer to plain HTTP on its TLS port."""
     lines = ["set +e"]
     for name, (address, port) in targets.items():
-        if port == 8080:
-            check = f"wget -T 3 -q -O - http://{address}:{port}/ 2>/dev/null | grep -q {token}"
-        else:
-            check = (
-                f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 3 {address} {port} 2>/dev/null "
-                "| grep -q 'HTTP/1.0 400'"
-            )
-        lines.append(f"if {check}; then echo '{name} reached'; else echo '{name} blocked'; fi")
+        # busybox's nc, as its wget crashes on a timeout option; a blocked connection times out.
+        answer = "HTTP/1.0 400" if port != 8080 else token
+        request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 3 {address} {port} 2>/dev/null"
+        lines.append(
+            f"if {request} | grep -q '{answer}'; then echo '{name} reached'; else echo '{name} blocked'; fi"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -102,7 +101,9 @@ def outcomes(output: str) -> dict[str, str]:
 
 
 def probe_from_task(kube: Kube, name: str, agent: str, script: str) -> dict[str, str]:
-    kube.create("Task", name, {"agent": agent, "prompt": script})
+    # kube-router programs a new pod's rules when it sees the pod's address, a moment after the pod
+    # starts (docs/security.md says how long): the probes start after that.
+    kube.create("Task", name, {"agent": agent, "prompt": f"sleep {ENFORCER_DELAY_SECONDS}\n{script}"})
     task = kube.wait_for_phase(name, "Succeeded", timeout=180)
     return outcomes(task["status"]["logTail"])
 
