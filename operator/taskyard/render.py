@@ -126,6 +126,7 @@ def refused_env_overrides(task: TaskSpec, agent: AgentSpec) -> list[str]:
     """The Task's env variables that would replace ones the Agent sets without listing them as
     overridable: an Agent's settings (a base URL next to its API key, say) are its author's."""
     own = {entry["name"] for entry in agent.env or []} - set(agent.overridable_env or [])
+    own |= {entry["name"] for entry in _proxy_env(agent)}  # never overridable: the key would follow
     return [entry["name"] for entry in task.env or [] if entry["name"] in own]
 
 
@@ -157,6 +158,7 @@ def _env(task: TaskRef, agent: AgentSpec) -> list[dict[str, Any]]:
     entries.extend(_repository_env(spec))
     entries.extend(_limits_env(spec))
     entries.extend(agent.env or [])
+    entries.extend(_proxy_env(agent))
     entries.extend(spec.env or [])
     return _merged_env(copy.deepcopy(entries))
 
@@ -307,6 +309,74 @@ def _container(task: TaskRef, agent: AgentSpec) -> dict[str, Any]:
     return container
 
 
+PROXY_CONTAINER_NAME = "credential-proxy"
+PROXY_KEY_VOLUME = "credential-proxy-key"
+PROXY_KEY_DIR = "/etc/taskyard-proxy"
+
+
+def _proxy_env(agent: AgentSpec) -> list[dict[str, Any]]:
+    """What the agent's CLI is told: the proxy is its provider, and its key a placeholder."""
+    proxy = agent.credential_proxy
+    if proxy is None:
+        return []
+    entries = [{"name": proxy.base_url_env, "value": f"http://127.0.0.1:{api.PROXY_PORT}"}]
+    if proxy.api_key_env:
+        entries.append({"name": proxy.api_key_env, "value": api.PROXY_PLACEHOLDER_KEY})
+    return entries
+
+
+def _proxy_container(agent: AgentSpec) -> dict[str, Any] | None:
+    """The credential proxy as a native sidecar: it starts before the agent, stays up beside it and
+    does not keep the Job from completing. Only it mounts the key."""
+    proxy = agent.credential_proxy
+    if proxy is None:
+        return None
+    listening = f"import socket; socket.create_connection(('127.0.0.1', {api.PROXY_PORT}), 1)"
+    return {
+        "name": PROXY_CONTAINER_NAME,
+        "image": proxy.image or agent.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["taskyard-credential-proxy"],
+        "restartPolicy": "Always",
+        "env": [
+            {"name": "TASKYARD_PROXY_UPSTREAM", "value": proxy.upstream},
+            {"name": "TASKYARD_PROXY_AUTH", "value": proxy.auth},
+            {"name": "TASKYARD_PROXY_KEY_FILE", "value": f"{PROXY_KEY_DIR}/key"},
+            {"name": "TASKYARD_PROXY_PORT", "value": str(api.PROXY_PORT)},
+        ],
+        # The agent starts once the proxy listens, so its first request never finds nothing there.
+        "startupProbe": {
+            "exec": {"command": ["python3", "-c", listening]},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "500m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": PROXY_KEY_VOLUME, "mountPath": PROXY_KEY_DIR, "readOnly": True}],
+    }
+
+
+def _proxy_key_volume(agent: AgentSpec) -> dict[str, Any] | None:
+    proxy = agent.credential_proxy
+    if proxy is None:
+        return None
+    ref = proxy.secret_key_ref
+    return {
+        "name": PROXY_KEY_VOLUME,
+        # Group-readable: the pod's fsGroup owns it, and the proxy runs as a non-root user of that group.
+        "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "key"}], "defaultMode": 0o440},
+    }
+
+
 def _pod_failure_policy(agent: AgentSpec) -> dict[str, Any]:
     # An evicted or preempted Pod did nothing wrong, so it must not use up a retry.
     rules: list[dict[str, Any]] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
@@ -359,6 +429,9 @@ def render_job(
         pod_spec["schedulerName"] = agent.scheduler_name
     if priority_class:
         pod_spec["priorityClassName"] = priority_class
+    proxy = _proxy_container(agent)
+    if proxy is not None:
+        pod_spec["initContainers"] = [proxy]
     pod_spec["containers"] = [_container(task, agent)]
     size_limit = agent.workspace_size_limit or DEFAULT_WORKSPACE_SIZE_LIMIT
     pod_spec["volumes"] = [_workspace_volume(task, size_limit), _prompt_volume(spec)]
@@ -368,6 +441,9 @@ def render_job(
     credentials = _git_credentials_volume(spec)
     if credentials is not None:
         pod_spec["volumes"].append(credentials)
+    proxy_key = _proxy_key_volume(agent)
+    if proxy_key is not None:
+        pod_spec["volumes"].append(proxy_key)
 
     return {
         "apiVersion": "batch/v1",

@@ -1,6 +1,7 @@
 """Rendering a Task and its agent into a Job and a workspace claim."""
 
 import hashlib
+import json
 import re
 
 import pytest
@@ -525,3 +526,56 @@ def test_a_task_may_replace_only_the_agent_variables_it_lists_as_overridable():
     )
     assert refused_env_overrides(task, agent) == ["BASE_URL"]
     assert refused_env_overrides(task, parse_agent_spec({"image": "a"})) == []
+
+
+PROXIED = {
+    "image": "localhost/taskyard/claude-code:dev",
+    "credentialProxy": {
+        "upstream": "https://api.anthropic.com",
+        "auth": "x-api-key",
+        "secretKeyRef": {"name": "taskyard-anthropic", "key": "api-key"},
+        "baseUrlEnv": "ANTHROPIC_BASE_URL",
+        "apiKeyEnv": "ANTHROPIC_API_KEY",
+    },
+}
+
+
+def test_a_credential_proxy_holds_the_key_and_the_agent_only_a_placeholder():
+    job = render_job(
+        TaskRef("t", "ns", "uid", parse_task_spec({"agent": "a", "prompt": "p"})),
+        parse_agent_spec(PROXIED),
+        "a",
+    )
+    pod = job["spec"]["template"]["spec"]
+    [proxy] = pod["initContainers"]
+    [agent] = pod["containers"]
+    assert proxy["restartPolicy"] == "Always" and proxy["command"] == ["taskyard-credential-proxy"]
+    assert proxy["image"] == PROXIED["image"]
+    assert {e["name"]: e["value"] for e in proxy["env"]}[
+        "TASKYARD_PROXY_UPSTREAM"
+    ] == "https://api.anthropic.com"
+    assert proxy["volumeMounts"] == [
+        {"name": "credential-proxy-key", "mountPath": "/etc/taskyard-proxy", "readOnly": True}
+    ]
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["ANTHROPIC_BASE_URL"]["value"] == "http://127.0.0.1:8484"
+    assert env["ANTHROPIC_API_KEY"]["value"] == "taskyard-proxied"
+    assert "secretKeyRef" not in json.dumps(agent)  # the key reaches no variable of the agent's
+    assert all(m["name"] != "credential-proxy-key" for m in agent["volumeMounts"])
+    [volume] = [v for v in pod["volumes"] if v["name"] == "credential-proxy-key"]
+    assert volume["secret"] == {
+        "secretName": "taskyard-anthropic",
+        "items": [{"key": "api-key", "path": "key"}],
+        "defaultMode": 0o440,
+    }
+
+
+def test_a_task_cannot_point_a_proxied_agent_elsewhere():
+    task = parse_task_spec(
+        {
+            "agent": "a",
+            "prompt": "p",
+            "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://attacker.example"}],
+        }
+    )
+    assert refused_env_overrides(task, parse_agent_spec(PROXIED)) == ["ANTHROPIC_BASE_URL"]
