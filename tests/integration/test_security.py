@@ -337,14 +337,28 @@ def test_a_task_may_name_only_secrets_its_author_may_read(
     assert kube.task_exists("by-alice")
 
 
+AGENT_SECRET_REFERENCES = {
+    "spec.envFrom[].secretRef": {"envFrom": [{"secretRef": {"name": "api-key"}}]},
+    "spec.credentialProxy.secretKeyRef": {
+        "credentialProxy": {
+            "upstream": "https://api.anthropic.com",
+            "auth": "x-api-key",
+            "secretKeyRef": {"name": "api-key", "key": "key"},
+            "baseUrlEnv": "ANTHROPIC_BASE_URL",
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("field", list(AGENT_SECRET_REFERENCES))
 def test_an_agent_may_name_only_secrets_its_author_may_read(
-    cluster: Cluster, kube: Kube, authors: str, policies: Policies
+    cluster: Cluster, kube: Kube, authors: str, policies: Policies, field: str
 ) -> None:
-    spec = {"image": "localhost/taskyard/shell:dev", "envFrom": [{"secretRef": {"name": "api-key"}}]}
+    spec = {"image": "localhost/taskyard/shell:dev", **AGENT_SECRET_REFERENCES[field]}
     bobs = manifest("Agent", "bobs", authors, spec=spec)
     eventually("an Agent by bob", lambda: create_as(cluster, "bob", bobs, dry_run=True), "may not get")
     error = create_as(cluster, "bob", bobs).stderr
-    assert "spec.envFrom[].secretRef names Secret api-key" in error
+    assert f"{field} names Secret api-key in namespace {authors}, which bob may not get" in error
     accepted = create_as(cluster, "alice", manifest("Agent", "alices", authors, spec=spec))
     assert accepted.returncode == 0, accepted.stderr
 
