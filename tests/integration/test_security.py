@@ -407,5 +407,26 @@ def test_a_task_may_not_replace_what_its_agent_sets(cluster: Cluster, kube: Kube
         for name, agent, variable in (("tune", "guarded", "LOG_LEVEL"), ("extra", "guarded", "EXTRA")):
             accepted = task(name, agent, variable)
             assert accepted.returncode == 0, accepted.stderr
+
+        # A credential proxy's variables are the Agent's too, whatever overridableEnv says.
+        proxied = {
+            "image": "localhost/taskyard/shell:dev",
+            "overridableEnv": ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"],
+            "credentialProxy": {
+                "upstream": "https://api.anthropic.com",
+                "auth": "x-api-key",
+                "secretKeyRef": {"name": "anthropic", "key": "api-key"},
+                "baseUrlEnv": "ANTHROPIC_BASE_URL",
+                "apiKeyEnv": "ANTHROPIC_API_KEY",
+            },
+        }
+        kube.create("Agent", "proxied", proxied)
+        for variable in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"):
+            error = eventually(
+                f"a Task replacing the proxy's {variable}",
+                lambda variable=variable: task("around-proxy", "proxied", variable, dry_run=True),
+                "overridableEnv",
+            )
+            assert f"spec.env sets {variable}, which Agent proxied sets itself" in error
     finally:
         cluster.kubectl("delete", "clusteragent", cluster_agent, "--wait=false", check=False)
