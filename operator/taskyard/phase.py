@@ -404,7 +404,7 @@ def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
                 "AttemptEnded",
                 f"the agent exited with code {pod.exit_code}; the Job decides what next",
             )
-        if pod is not None and pod.waiting_reason and pod.waiting_reason != "ContainerCreating":
+        if pod is not None and pod.waiting_reason and pod.waiting_reason not in _STARTING:
             return (
                 RUNNING,
                 pod.waiting_reason,
