@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import subprocess
 import time
 import uuid
@@ -149,6 +150,10 @@ def services(cluster: Cluster, release: Release, agent_images: None) -> Iterator
                 "-n", namespace, "get", "service", name, "-o", "jsonpath={.spec.clusterIP}"
             ).stdout
 
+        for name in ("model-stub", "git-server"):
+            # Ready endpoints are not yet a route: kube-proxy rejects a Service's address until it has
+            # synced its rules, and an agent's first request would get "connection refused".
+            wait_reachable(service_ip(name), 8080)
         git_pod_ip = cluster.kubectl(
             "-n", namespace, "get", "pods", "-l", "app=git-server", "-o", "jsonpath={.items[0].status.podIP}"
         ).stdout
@@ -160,6 +165,18 @@ def services(cluster: Cluster, release: Release, agent_images: None) -> Iterator
         )
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def wait_reachable(host: str, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{host}:{port} did not accept connections within {timeout:.0f}s: {error}")
+            time.sleep(0.5)
 
 
 @pytest.fixture
