@@ -10,7 +10,8 @@ answer back as it arrives (server-sent events included).
 Settings, from the environment:
   TASKYARD_PROXY_UPSTREAM   the provider's base URL, e.g. https://api.anthropic.com
   TASKYARD_PROXY_AUTH       how the key is sent: x-api-key, bearer or x-goog-api-key
-  TASKYARD_PROXY_KEY_FILE   the file holding the key (a Secret key mounted into this container only)
+  TASKYARD_PROXY_KEY        the key (from a Secret, in this container's environment only), or
+  TASKYARD_PROXY_KEY_FILE   a file holding it
   TASKYARD_PROXY_PORT       the loopback port to listen on (8484)
 
 Standard library only: it runs on the agent images' Python, and must not need anything they lack.
@@ -23,6 +24,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import socket
 import ssl
 import sys
@@ -40,6 +42,7 @@ CREDENTIAL_HEADERS = frozenset(
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
 )
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a header value can carry as is
 UPSTREAM_TIMEOUT = 600.0  # a long generation streams for minutes; a silent upstream is given up on
 
 
@@ -69,16 +72,19 @@ class ProxyConfig:
         auth = env.get("TASKYARD_PROXY_AUTH", "")
         if auth not in AUTH_SCHEMES:
             raise ConfigError(f"TASKYARD_PROXY_AUTH is {auth!r}; it must be one of {', '.join(AUTH_SCHEMES)}")
-        key_file = env.get("TASKYARD_PROXY_KEY_FILE", "")
-        try:
-            with open(key_file, encoding="utf-8") as handle:
-                key = handle.read().strip()
-        except OSError as error:
-            raise ConfigError(
-                f"TASKYARD_PROXY_KEY_FILE {key_file!r} cannot be read: {error.strerror}"
-            ) from None
+        key, source = env.get("TASKYARD_PROXY_KEY", "").strip(), "TASKYARD_PROXY_KEY"
+        if not key and env.get("TASKYARD_PROXY_KEY_FILE"):
+            source = f"TASKYARD_PROXY_KEY_FILE {env['TASKYARD_PROXY_KEY_FILE']!r}"
+            try:
+                with open(env["TASKYARD_PROXY_KEY_FILE"], encoding="utf-8") as handle:
+                    key = handle.read().strip()
+            except OSError as error:
+                raise ConfigError(f"{source} cannot be read: {error.strerror}") from None
         if not key:
-            raise ConfigError(f"TASKYARD_PROXY_KEY_FILE {key_file!r} is empty")
+            raise ConfigError(f"{source} is empty: the proxy has no key to add")
+        if not _HEADER_SAFE.fullmatch(key):
+            # Never echoed: a key with a line break or space in it would otherwise end up in a log.
+            raise ConfigError(f"the key in {source} has characters an HTTP header cannot carry")
         port_text = env.get("TASKYARD_PROXY_PORT", str(DEFAULT_PORT))
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ConfigError(f"TASKYARD_PROXY_PORT is {port_text!r}; it must be a port number")
@@ -119,10 +125,11 @@ def forwarded_headers(received: list[tuple[str, str]], config: ProxyConfig) -> d
 def upstream_path(path: str, config: ProxyConfig) -> str:
     """The provider's path for a request: its base path, then the request's path and query, with any
     ``key`` query parameter (Gemini's other way of passing a key) dropped."""
-    parts = urllib.parse.urlsplit(path)
-    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k != "key"]
-    joined = config.base_path + (parts.path if parts.path.startswith("/") else "/" + parts.path)
-    return joined + ("?" + urllib.parse.urlencode(query) if query else "")
+    # Split by hand: urlsplit takes "//x" for a host, and re-encoding would change the query.
+    target, _, query = path.partition("?")
+    kept = [part for part in query.split("&") if part and part.split("=", 1)[0] != "key"]
+    joined = config.base_path + (target if target.startswith("/") else "/" + target)
+    return joined + ("?" + "&".join(kept) if kept else "")
 
 
 def read_chunked(stream) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
@@ -176,6 +183,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             upstream.close()
             self._answer(502, {"error": {"type": "proxy_error", "message": f"{config.netloc}: {error}"}})
             return
+        except ValueError:  # a header http.client will not send; its message could quote the key
+            upstream.close()
+            self._answer(502, {"error": {"type": "proxy_error", "message": "a request header was refused"}})
+            return
         try:
             self._relay(response)
         finally:
@@ -199,6 +210,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 break
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             self.wfile.flush()
+        if response.length:
+            # The upstream stopped short of its Content-Length: the connection ends without the last
+            # chunk, so the agent sees a broken answer rather than a complete one.
+            self.close_connection = True
+            return
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 

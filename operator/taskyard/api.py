@@ -647,7 +647,7 @@ class CredentialProxySpec(_Model):
         "Authorization: Bearer (OpenAI and most others) or x-goog-api-key (Gemini)."
     )
     secret_key_ref: SecretKeyRef = Field(
-        description="The Secret key holding the API key; mounted into the proxy's container only."
+        description="The Secret key holding the API key; it reaches the proxy's container only."
     )
     base_url_env: EnvName = Field(
         description="The CLI's base-URL variable, set to the proxy (http://127.0.0.1:8484), "
@@ -748,6 +748,21 @@ class AgentSpec(_Model):
         description="Run the agent on a read-only root filesystem; it may write only to /workspace and to "
         "/tmp, which becomes an emptyDir. The agent images support it.",
     )
+
+    @model_validator(mode="after")
+    def _proxy_variables_are_the_proxys(self) -> "AgentSpec":
+        proxy = self.credential_proxy
+        if proxy is None:
+            return self
+        own = {proxy.base_url_env: "baseUrlEnv", proxy.api_key_env: "apiKeyEnv"}
+        for entry in self.env or []:
+            if entry["name"] in own:
+                raise ValueError(
+                    f"env sets {entry['name']}, which credentialProxy.{own[entry['name']]} gives the agent "
+                    "(the proxy's address or the placeholder key); remove it from env, and put another "
+                    "endpoint into credentialProxy.upstream"
+                )
+        return self
 
 
 class Condition(_Model):

@@ -310,8 +310,6 @@ def _container(task: TaskRef, agent: AgentSpec) -> dict[str, Any]:
 
 
 PROXY_CONTAINER_NAME = "credential-proxy"
-PROXY_KEY_VOLUME = "credential-proxy-key"
-PROXY_KEY_DIR = "/etc/taskyard-proxy"
 
 
 def _proxy_env(agent: AgentSpec) -> list[dict[str, Any]]:
@@ -322,12 +320,15 @@ def _proxy_env(agent: AgentSpec) -> list[dict[str, Any]]:
     entries = [{"name": proxy.base_url_env, "value": f"http://127.0.0.1:{api.PROXY_PORT}"}]
     if proxy.api_key_env:
         entries.append({"name": proxy.api_key_env, "value": api.PROXY_PLACEHOLDER_KEY})
+    # A CLI that honours HTTP(S)_PROXY must still talk to the proxy beside it directly.
+    entries.append({"name": "NO_PROXY", "value": "127.0.0.1,localhost"})
     return entries
 
 
 def _proxy_container(agent: AgentSpec) -> dict[str, Any] | None:
     """The credential proxy as a native sidecar: it starts before the agent, stays up beside it and
-    does not keep the Job from completing. Only it mounts the key."""
+    does not keep the Job from completing. Only its environment has the key (containers of a pod do
+    not share processes), and a missing Secret or key is named by the kubelet's CreateContainerConfigError."""
     proxy = agent.credential_proxy
     if proxy is None:
         return None
@@ -341,7 +342,12 @@ def _proxy_container(agent: AgentSpec) -> dict[str, Any] | None:
         "env": [
             {"name": "TASKYARD_PROXY_UPSTREAM", "value": proxy.upstream},
             {"name": "TASKYARD_PROXY_AUTH", "value": proxy.auth},
-            {"name": "TASKYARD_PROXY_KEY_FILE", "value": f"{PROXY_KEY_DIR}/key"},
+            {
+                "name": "TASKYARD_PROXY_KEY",
+                "valueFrom": {
+                    "secretKeyRef": {"name": proxy.secret_key_ref.name, "key": proxy.secret_key_ref.key}
+                },
+            },
             {"name": "TASKYARD_PROXY_PORT", "value": str(api.PROXY_PORT)},
         ],
         # The agent starts once the proxy listens, so its first request never finds nothing there.
@@ -361,19 +367,7 @@ def _proxy_container(agent: AgentSpec) -> dict[str, Any] | None:
             "readOnlyRootFilesystem": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": PROXY_KEY_VOLUME, "mountPath": PROXY_KEY_DIR, "readOnly": True}],
-    }
-
-
-def _proxy_key_volume(agent: AgentSpec) -> dict[str, Any] | None:
-    proxy = agent.credential_proxy
-    if proxy is None:
-        return None
-    ref = proxy.secret_key_ref
-    return {
-        "name": PROXY_KEY_VOLUME,
-        # Group-readable: the pod's fsGroup owns it, and the proxy runs as a non-root user of that group.
-        "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": "key"}], "defaultMode": 0o440},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 
@@ -441,9 +435,6 @@ def render_job(
     credentials = _git_credentials_volume(spec)
     if credentials is not None:
         pod_spec["volumes"].append(credentials)
-    proxy_key = _proxy_key_volume(agent)
-    if proxy_key is not None:
-        pod_spec["volumes"].append(proxy_key)
 
     return {
         "apiVersion": "batch/v1",

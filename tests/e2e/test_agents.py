@@ -385,8 +385,11 @@ def test_cancelling_stops_the_cli(kube: Kube, services: Services) -> None:
         "agent", f"grep -rls -e '{key}' /etc /home /tmp /workspace /run 2>/dev/null; echo done"
     )
     assert found.strip() == "done", found
-    assert not in_container("agent", "ls /etc/taskyard-proxy 2>/dev/null")
-    assert in_container("credential-proxy", "cat /etc/taskyard-proxy/key").strip() == key
+    # Every process of the agent's container: none has the key in its environment.
+    others = in_container("agent", "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; echo END")
+    assert others.rstrip().endswith("END") and "ANTHROPIC_BASE_URL=" in others and key not in others
+    proxy_env = in_container("credential-proxy", "cat /proc/1/environ | tr '\\0' '\\n'")
+    assert f"TASKYARD_PROXY_KEY={key}" in proxy_env.splitlines()
     asked = model_requests(services, kube, marker)
     assert asked and {r["key"] for r in asked if r.get("api") == "anthropic"} == {
         key_digest("taskyard-anthropic")

@@ -199,3 +199,59 @@ def test_an_empty_key_file_stops_the_proxy(tmp_path):
     }
     with pytest.raises(proxy.ConfigError, match="is empty"):
         proxy.ProxyConfig.from_env(settings)
+
+
+def test_paths_and_queries_reach_the_provider_as_sent(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(REAL_KEY)
+    config = proxy.ProxyConfig.from_env(
+        {
+            "TASKYARD_PROXY_UPSTREAM": "https://api.openai.com/v1",
+            "TASKYARD_PROXY_AUTH": "bearer",
+            "TASKYARD_PROXY_KEY": REAL_KEY,
+        }
+    )
+    assert proxy.upstream_path("//responses", config) == "/v1//responses"
+    assert proxy.upstream_path("/models?flag&alt=sse&key=x", config) == "/v1/models?flag&alt=sse"
+    assert proxy.upstream_path("/models?key=x", config) == "/v1/models"
+
+
+def test_a_key_a_header_cannot_carry_is_refused_without_being_shown():
+    secret = "sk-line-one\nsk-line-two"
+    settings = {
+        "TASKYARD_PROXY_UPSTREAM": "https://api.anthropic.com",
+        "TASKYARD_PROXY_AUTH": "x-api-key",
+        "TASKYARD_PROXY_KEY": secret,
+    }
+    with pytest.raises(proxy.ConfigError) as raised:
+        proxy.ProxyConfig.from_env(settings)
+    assert "cannot carry" in str(raised.value) and "sk-line" not in str(raised.value)
+
+
+def test_an_answer_cut_short_reaches_the_agent_as_broken(tmp_path):
+    class Short(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.close_connection = True
+
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port, server = start_proxy(tmp_path, f"http://127.0.0.1:{upstream.server_address[1]}")
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", "/v1/messages", body=b"{}")
+        response = connection.getresponse()
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+    finally:
+        server.shutdown()
+        upstream.shutdown()

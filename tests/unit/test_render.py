@@ -7,7 +7,7 @@ import re
 import pytest
 
 from taskyard import api
-from taskyard.api import parse_agent_spec, parse_task_spec
+from taskyard.api import SpecError, parse_agent_spec, parse_task_spec
 from taskyard.render import (
     TaskRef,
     job_name_for,
@@ -551,23 +551,23 @@ def test_a_credential_proxy_holds_the_key_and_the_agent_only_a_placeholder():
     [agent] = pod["containers"]
     assert proxy["restartPolicy"] == "Always" and proxy["command"] == ["taskyard-credential-proxy"]
     assert proxy["image"] == PROXIED["image"]
-    assert {e["name"]: e["value"] for e in proxy["env"]}[
-        "TASKYARD_PROXY_UPSTREAM"
-    ] == "https://api.anthropic.com"
-    assert proxy["volumeMounts"] == [
-        {"name": "credential-proxy-key", "mountPath": "/etc/taskyard-proxy", "readOnly": True}
-    ]
+    proxy_env = {e["name"]: e for e in proxy["env"]}
+    assert proxy_env["TASKYARD_PROXY_UPSTREAM"]["value"] == "https://api.anthropic.com"
+    assert proxy_env["TASKYARD_PROXY_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "taskyard-anthropic", "key": "api-key"}
+    }
+    assert "volumeMounts" not in proxy and proxy["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e for e in agent["env"]}
     assert env["ANTHROPIC_BASE_URL"]["value"] == "http://127.0.0.1:8484"
     assert env["ANTHROPIC_API_KEY"]["value"] == "taskyard-proxied"
+    assert env["NO_PROXY"]["value"] == "127.0.0.1,localhost"
     assert "secretKeyRef" not in json.dumps(agent)  # the key reaches no variable of the agent's
-    assert all(m["name"] != "credential-proxy-key" for m in agent["volumeMounts"])
-    [volume] = [v for v in pod["volumes"] if v["name"] == "credential-proxy-key"]
-    assert volume["secret"] == {
-        "secretName": "taskyard-anthropic",
-        "items": [{"key": "api-key", "path": "key"}],
-        "defaultMode": 0o440,
-    }
+    assert "taskyard-anthropic" not in json.dumps(pod["volumes"])
+
+
+def test_an_agent_may_not_set_the_variables_its_proxy_gives():
+    with pytest.raises(SpecError, match=r"env sets ANTHROPIC_BASE_URL, which credentialProxy\.baseUrlEnv"):
+        parse_agent_spec({**PROXIED, "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://gateway"}]})
 
 
 def test_a_task_cannot_point_a_proxied_agent_elsewhere():
