@@ -582,3 +582,15 @@ def test_the_operator_may_create_only_service_accounts_of_all_that_policy_govern
 def test_protected_namespaces_must_be_namespace_names(value: str):
     result = _run_helm("template", "t", str(CHART), "--set", f"protectedNamespaces={{{value}}}", check=False)
     assert result.returncode != 0 and "protectedNamespaces" in result.stderr
+
+
+def test_a_preset_may_not_set_what_its_credential_proxy_gives():
+    result = _run_helm(
+        "template", "t", str(CHART), "--set", "agents.claude-code.enabled=true",
+        "--set", "agents.claude-code.env[0].name=ANTHROPIC_BASE_URL",
+        "--set", "agents.claude-code.env[0].value=https://gateway.example",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "agents.claude-code.env sets ANTHROPIC_BASE_URL or ANTHROPIC_API_KEY" in result.stderr
+    assert "credentialProxy.upstream" in result.stderr
