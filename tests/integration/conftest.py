@@ -31,7 +31,20 @@ def crds(cluster: Cluster) -> None:
     """The taskyard CRDs, applied from crds/ and established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
     for name in ("tasks", "agents", "clusteragents"):
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}.taskyard.dev", "--timeout=60s")
+        # An API server that has just started can take a while over its first CRDs (their CEL rules
+        # are compiled then): wait generously, and say what it reported if it never gets there.
+        waited = cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{name}.taskyard.dev", "--timeout=180s",
+            check=False, timeout=200,
+        )  # fmt: skip
+        if waited.returncode != 0:
+            conditions = cluster.kubectl(
+                "get", f"crd/{name}.taskyard.dev", "-o", "jsonpath={.status.conditions}", check=False
+            )
+            pytest.fail(
+                f"CRD {name}.taskyard.dev not established: {waited.stderr.strip()} "
+                f"conditions: {conditions.stdout or conditions.stderr}"
+            )
 
 
 class Kube:
