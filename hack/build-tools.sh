@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the non-Kubernetes binaries of the local cluster through the Go module proxy:
-# etcd, helm and the local-path provisioner (dynamic PVCs); with the argument `kwok`, only kwok
+# etcd, helm, kube-router (NetworkPolicy enforcement) and the local-path provisioner (dynamic PVCs); with the argument `kwok`, only kwok
 # (simulated nodes for the benchmark). Each is cached by version.
 source "$(dirname "$0")/lib.sh"
 ensure_go_env
@@ -28,5 +28,7 @@ fi
 
 build_with_wrapper "$ETCD_BIN" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 etcd
 build_with_wrapper "$HELM_BIN" helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm
+build_with_wrapper "$KUBE_ROUTER_BIN" github.com/cloudnativelabs/kube-router/v2 "$KUBE_ROUTER_VERSION" \
+  github.com/cloudnativelabs/kube-router/v2/cmd/kube-router kube-router
 build_with_wrapper "$LPP_BIN" github.com/rancher/local-path-provisioner "$LOCAL_PATH_PROVISIONER_VERSION" \
   github.com/rancher/local-path-provisioner local-path-provisioner

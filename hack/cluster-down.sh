@@ -57,6 +57,7 @@ main() {
     return
   fi
   stop local-path-provisioner
+  stop kube-router
   stop kube-proxy
   stop kubelet
   remove_containers
@@ -68,6 +69,7 @@ main() {
   stop etcd
   unmount_all
   [[ -x "$K8S_BIN/kube-proxy" ]] && "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  [[ -x "$KUBE_ROUTER_BIN/kube-router" ]] && "$KUBE_ROUTER_BIN/kube-router" --cleanup-config >/dev/null 2>&1 || true
   ip link del "$POD_BRIDGE" 2>/dev/null || true
   rm -rf "$CLUSTER_DIR"
   log "local cluster removed"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a single-node Kubernetes on this machine from real components, without Docker:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd + runc + CNI, kubelet,
-# kube-proxy and a local-path PVC provisioner. Idempotent: a healthy running cluster is left alone.
+# kube-proxy, kube-router's NetworkPolicy firewall and a local-path PVC provisioner. Idempotent: a
+# healthy running cluster is left alone.
 # Writes the admin kubeconfig to .cluster/kubeconfig; logs go to .cluster/logs/<component>.log.
 # `hack/cluster-up.sh --restart-apiserver` kills and restarts only the API server (for the fault tier).
 source "$(dirname "$0")/lib.sh"
@@ -62,6 +63,7 @@ make_pki() {
   issue_cert kubelet "system:node:$NODE_NAME" system:nodes client
   issue_cert kubelet-serving "system:node:$NODE_NAME" system:nodes server "IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE_NAME"
   issue_cert local-path-provisioner taskyard:local-path-provisioner "" client
+  issue_cert kube-router taskyard:kube-router "" client
   openssl genrsa -out "$PKI/service-account.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/service-account.key" -pubout -out "$PKI/service-account.pub" 2>/dev/null
 }
@@ -293,6 +295,12 @@ YAML
   wait_until kube-proxy 60 curl -sf http://127.0.0.1:10256/healthz
 }
 
+start_network_policy() {
+  write_kubeconfig "$CONF/kube-router.kubeconfig" kube-router
+  "$REPO_ROOT/hack/network-policy.sh"
+  wait_until kube-router 60 curl -sf http://127.0.0.1:20244/healthz
+}
+
 start_storage() {
   write_kubeconfig "$CONF/local-path-provisioner.kubeconfig" local-path-provisioner
   "$REPO_ROOT/hack/local-storage.sh"
@@ -336,6 +344,7 @@ main() {
   start_controllers
   start_kubelet
   start_kube_proxy
+  start_network_policy
   start_storage
   log "cluster up in $((SECONDS - started))s: kubernetes $K8S_VERSION, node $NODE_NAME"
   log "export KUBECONFIG=$KUBECONFIG_PATH"

@@ -6,7 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 
 SYSTEM_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack buildah busybox-static
-  mmdebstrap openssl curl iproute2 kmod gcc libc6-dev)
+  mmdebstrap openssl curl iproute2 kmod gcc libc6-dev ipset)
 
 install_system() {
   local missing=() pkg

@@ -9,6 +9,7 @@ unknown fields rather than rejecting them. The validators here still give readab
 stored object can predate a schema change, and because the operator reports parse failures to users.
 """
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal, get_args
 
@@ -32,6 +33,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 LABEL_TASK = "taskyard.dev/task"
 LABEL_AGENT = "taskyard.dev/agent"
 LABEL_PRIORITY = "taskyard.dev/priority"
+# On agent pods whose Agent sets its own egress rules (value "agent").
+LABEL_EGRESS = "taskyard.dev/egress"
 ANNOTATION_PROMPT = "taskyard.dev/prompt"
 
 PROMPT_MAX_CHARS = 32768
@@ -240,6 +243,7 @@ EnvFromSource = _open_object(
 )
 Toleration = _open_object("A Kubernetes Toleration.")
 ResourceRequirements = _open_object("Kubernetes ResourceRequirements: requests and limits.")
+LabelSelector = _open_object("A Kubernetes label selector: matchLabels, matchExpressions; {} selects all.")
 DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 
@@ -607,6 +611,92 @@ def _non_root_id(field: str, what: str) -> Any:
     )
 
 
+def check_cidr(value: str) -> str:
+    """`value` when it is an address range with a prefix length; else ValueError saying what is accepted."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a CIDR: use an address range such as 10.0.0.0/8 or 2001:db8::/32"
+        ) from None
+    if "/" not in value:
+        raise ValueError(f"{value!r} has no prefix length: use e.g. {value}/32")
+    return value
+
+
+Cidr = Annotated[str, Field(max_length=64), AfterValidator(check_cidr)]
+
+
+class IPBlock(_Model):
+    """An address range, as in a NetworkPolicy."""
+
+    cidr: Cidr = Field(description="The range, e.g. 0.0.0.0/0 or 203.0.113.0/24.")
+    except_: list[Cidr] | None = Field(
+        None, alias="except", description="Ranges inside cidr that are not part of the peer."
+    )
+
+
+class NetworkPolicyPeer(_Model):
+    """Where an agent may connect to: an address range, or pods chosen by labels."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.ipBlock) || has(self.namespaceSelector) || has(self.podSelector)",
+                    "message": "set ipBlock, or namespaceSelector and/or podSelector",
+                },
+                {
+                    "rule": "!has(self.ipBlock) || (!has(self.namespaceSelector) && !has(self.podSelector))",
+                    "message": "ipBlock cannot be combined with namespaceSelector or podSelector",
+                },
+            ]
+        }
+    )
+
+    ip_block: IPBlock | None = Field(None, description="An address range.")
+    namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces by label ({} for all); with podSelector, pods in those namespaces."
+    )
+    pod_selector: LabelSelector | None = Field(
+        None, description="Pods by label, in the Task's namespace unless namespaceSelector is set."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_peer(self) -> "NetworkPolicyPeer":
+        selectors = self.namespace_selector is not None or self.pod_selector is not None
+        if self.ip_block is None and not selectors:
+            raise ValueError("set ipBlock, or namespaceSelector and/or podSelector")
+        if self.ip_block is not None and selectors:
+            raise ValueError("ipBlock cannot be combined with namespaceSelector or podSelector")
+        return self
+
+
+PortNumberOrName = Annotated[
+    int | str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "description": "A port number or a named port."}),
+]
+
+
+class NetworkPolicyPort(_Model):
+    """A port (or range of ports) an agent may connect to."""
+
+    protocol: Literal["TCP", "UDP", "SCTP"] | None = Field(None, description="TCP when unset.")
+    port: PortNumberOrName | None = Field(
+        None, description="A port number or a named port; every port when unset."
+    )
+    end_port: int | None = Field(
+        None, ge=1, le=65535, description="With a numeric port: the last port of the range."
+    )
+
+
+class EgressRule(_Model):
+    """Connections an agent may open: to any of the peers, on any of the ports (all when unset)."""
+
+    to: list[NetworkPolicyPeer] | None = Field(None, description="Destinations; anywhere when unset.")
+    ports: list[NetworkPolicyPort] | None = Field(None, description="Ports; every port when unset.")
+
+
 class AgentSecurityContext(_Model):
     """User and group IDs of the agent's Pod. Agents always run as non-root."""
 
@@ -743,10 +833,19 @@ class AgentSpec(_Model):
     security_context: AgentSecurityContext | None = Field(
         None, description=f"User and group IDs of the agent; all default to {NON_ROOT_DEFAULT_ID}."
     )
+    egress: list[EgressRule] | None = Field(
+        None,
+        max_length=64,
+        description="Where the agent's pods may connect, as NetworkPolicy egress rules, in place of the "
+        "operator's default (DNS and the public internet, not the cluster's own addresses). [] allows "
+        "nothing. Applied by a NetworkPolicy the operator keeps per namespace and Agent; enforced where the "
+        "cluster's network plugin enforces NetworkPolicies.",
+    )
     read_only_root_filesystem: bool = Field(
-        False,
-        description="Run the agent on a read-only root filesystem; it may write only to /workspace and to "
-        "/tmp, which becomes an emptyDir. The agent images support it.",
+        True,
+        description="Run the agent on a read-only root filesystem; it may write only to /workspace, /tmp "
+        "and its home /home/agent (HOME, unless the Agent sets it), which become emptyDirs. Set false for an "
+        "image that must write elsewhere.",
     )
 
     @model_validator(mode="after")

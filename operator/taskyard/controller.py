@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -80,10 +81,12 @@ from taskyard.records import (
 )
 from taskyard.render import (
     TaskRef,
+    default_egress,
     job_name_for,
     label_value_for,
     owner_reference,
     refused_env_overrides,
+    render_egress_policy,
     render_job,
     render_workspace_claim,
     workspace_claim_name,
@@ -218,6 +221,11 @@ class Controller:
         self.log_followers = LogFollowers(self.api, self._followed_log_ready)
         # namespace -> when the agents' ServiceAccount was last made sure of there
         self.agent_accounts: dict[str, float] = {}
+        # (namespace, policy name) -> (the spec it was made sure to have, when): the agents' egress policies
+        self.egress_policies: dict[tuple[str, str], tuple[str, float]] = {}
+        self.default_egress = default_egress(
+            self.settings.egress_denied_cidrs, self.settings.egress_allow_dns
+        )
         self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
         # uid -> name of the Job this operator created, until the Task is final: the status names its Job
         # only once the watch has shown it, and a Job that vanishes before that must fail the Task
@@ -654,6 +662,9 @@ class Controller:
             ]
             if (agent_spec.service_account_name or AGENT_SERVICE_ACCOUNT) == AGENT_SERVICE_ACCOUNT:
                 steps.append(self._ensure_agent_account(task.namespace))
+            if self.settings.egress_policy:
+                policy = render_egress_policy(agent_spec, reservation.agent.name, self.default_egress)
+                steps.append(self._ensure_egress_policy(task.namespace, policy))
             if claim is not None:
                 steps.append(
                     self._create_owned(
@@ -669,6 +680,10 @@ class Controller:
         except NameConflict as conflict:
             self.reserved.pop(task.uid, None)
             await self._fail(task, "NameConflict", str(conflict))
+            return False
+        except EgressPolicyRejected as error:
+            self.reserved.pop(task.uid, None)
+            await self._fail(task, "EgressPolicyRejected", str(error))
             return False
         except _NamesakeLeaving:
             # The objects of a deleted Task of the same name are still being collected: try again soon.
@@ -729,6 +744,41 @@ class Controller:
             if error.status != 409:
                 raise
         self.agent_accounts[namespace] = time.monotonic()
+
+    async def _ensure_egress_policy(self, namespace: str, policy: dict[str, Any]) -> None:
+        """The NetworkPolicy that limits where the agent's pod may connect, in place before its Job: made
+        once per namespace and Agent, brought back in line when the Agent or the operator's settings change
+        it, and checked again after a while, so one deleted comes back. A policy of that name that is not
+        labelled as taskyard's is an administrator's, and is used as it is."""
+        name = policy["metadata"]["name"]
+        # The API server fills in defaults (a port's protocol), so what was asked for is compared by digest.
+        wanted = hashlib.sha256(json.dumps(policy["spec"], sort_keys=True).encode()).hexdigest()[:16]
+        known = self.egress_policies.get((namespace, name))
+        if known and known[0] == wanted and time.monotonic() - known[1] < AGENT_ACCOUNT_RECHECK_SECONDS:
+            return
+        metadata = {**policy["metadata"], "annotations": {ANNOTATION_SPEC_DIGEST: wanted}}
+        policy = {**policy, "metadata": metadata}
+        networking = client.NetworkingV1Api(self.api)
+        try:
+            try:
+                await send(networking.create_namespaced_network_policy, namespace, policy)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                existing = await networking.read_namespaced_network_policy(name, namespace)
+                labels = existing.metadata.labels or {}
+                digest = (existing.metadata.annotations or {}).get(ANNOTATION_SPEC_DIGEST)
+                if labels.get("app.kubernetes.io/managed-by") == "taskyard" and digest != wanted:
+                    policy["metadata"]["resourceVersion"] = existing.metadata.resource_version
+                    await send(networking.replace_namespaced_network_policy, name, namespace, policy)
+        except ApiException as error:
+            if error.status in (400, 422):
+                raise EgressPolicyRejected(
+                    f"the API server rejected NetworkPolicy {name}, made from the Agent's egress rules: "
+                    f"{_api_reason(error)}"
+                ) from None
+            raise
+        self.egress_policies[(namespace, name)] = (wanted, time.monotonic())
 
     async def _create_owned(
         self, task: TaskRecord, kind: str, body: dict[str, Any], create: Any, read: Any
@@ -1103,6 +1153,13 @@ def _refused_overrides_message(names: list[str], agent_ref: str) -> str:
 def _attempt(pods: list[PodView], pod: PodView) -> int:
     """Which attempt a pod ran (pods oldest first); the latest when it is no longer listed."""
     return next((n for n, p in enumerate(pods, start=1) if p.name == pod.name), max(len(pods), 1))
+
+
+ANNOTATION_SPEC_DIGEST = "taskyard.dev/spec-digest"
+
+
+class EgressPolicyRejected(Exception):
+    """The API server refused the NetworkPolicy an Agent's egress rules make."""
 
 
 class _NamesakeLeaving(Exception):

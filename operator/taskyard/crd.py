@@ -42,6 +42,7 @@ _KEYWORD_ORDER = (
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
     "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
     "x-kubernetes-validations",
 )
 _KEYWORDS = frozenset(_KEYWORD_ORDER)
@@ -105,7 +106,8 @@ def _structural(node: Mapping[str, Any], definitions: Mapping[str, Any], where: 
         translated[key] = value
     result = _merge(result, translated)
 
-    if "type" not in result and not result.get("x-kubernetes-preserve-unknown-fields"):
+    untyped = ("x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string")
+    if "type" not in result and not any(result.get(key) for key in untyped):
         raise ValueError(f"{where}: a structural schema needs a type")
     return {key: result[key] for key in _KEYWORD_ORDER if key in result}
 

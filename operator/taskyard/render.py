@@ -6,6 +6,8 @@ checked without a cluster.
 
 import copy
 import hashlib
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,9 @@ PROMPT_FILE_NAME = "prompt"
 PROMPT_FILE = f"{PROMPT_DIR}/{PROMPT_FILE_NAME}"
 SCRATCH_VOLUME = "tmp"
 SCRATCH_PATH = "/tmp"
+HOME_VOLUME = "home"
+# The home of the agent images' user; in any other image the kubelet creates the directory.
+HOME_PATH = "/home/agent"
 GIT_CREDENTIALS_VOLUME = "git-credentials"
 # Beside the prompt's directory, not inside it: that one is a projected volume the kubelet rewrites.
 GIT_CREDENTIALS_DIR = "/etc/taskyard-git"
@@ -157,6 +162,9 @@ def _env(task: TaskRef, agent: AgentSpec) -> list[dict[str, Any]]:
         entries.append({"name": "TASK_MODEL", "value": spec.model})
     entries.extend(_repository_env(spec))
     entries.extend(_limits_env(spec))
+    if agent.read_only_root_filesystem:
+        # Where the image's home is read-only, the agent's settings and caches go to a volume of its own.
+        entries.append({"name": "HOME", "value": HOME_PATH})
     entries.extend(agent.env or [])
     entries.extend(_proxy_env(agent))
     entries.extend(spec.env or [])
@@ -302,6 +310,7 @@ def _container(task: TaskRef, agent: AgentSpec) -> dict[str, Any]:
     ]
     if agent.read_only_root_filesystem:
         container["volumeMounts"].append({"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH})
+        container["volumeMounts"].append({"name": HOME_VOLUME, "mountPath": HOME_PATH})
     if _git_credentials_volume(task.spec) is not None:
         container["volumeMounts"].append(
             {"name": GIT_CREDENTIALS_VOLUME, "mountPath": GIT_CREDENTIALS_DIR, "readOnly": True}
@@ -403,6 +412,9 @@ def render_job(
     timeout = api.parse_duration(spec.timeout or agent.timeout or DEFAULT_TIMEOUT)
 
     template_metadata: dict[str, Any] = {"labels": dict(labels)}
+    if agent.egress is not None:
+        # Takes the pod out of the namespace's default egress policy and into its Agent's own.
+        template_metadata["labels"][api.LABEL_EGRESS] = EGRESS_OF_AGENT
     if spec.prompt is not None:
         template_metadata["annotations"] = {api.ANNOTATION_PROMPT: spec.prompt}
 
@@ -432,6 +444,7 @@ def render_job(
     if agent.read_only_root_filesystem:
         # Counted against the pod's ephemeral-storage limit like any write to the root filesystem.
         pod_spec["volumes"].append({"name": SCRATCH_VOLUME, "emptyDir": {}})
+        pod_spec["volumes"].append({"name": HOME_VOLUME, "emptyDir": {}})
     credentials = _git_credentials_volume(spec)
     if credentials is not None:
         pod_spec["volumes"].append(credentials)
@@ -482,4 +495,69 @@ def render_workspace_claim(task: TaskRef, agent_name: str | None = None) -> dict
             "ownerReferences": _owner_references(task),
         },
         "spec": claim_spec,
+    }
+
+
+# --- Egress: the NetworkPolicies that keep agents out of the cluster's insides ---------------------------
+
+DEFAULT_EGRESS_POLICY = "taskyard-agents"
+EGRESS_OF_AGENT = "agent"
+_AGENT_EGRESS_POLICY_PREFIX = "taskyard-agent-"
+# Pod, service and node addresses on almost every cluster, the link-local range of cloud metadata
+# services (169.254.169.254) and their IPv6 counterparts.
+DEFAULT_DENIED_CIDRS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+)
+DNS_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+
+
+def default_egress(denied_cidrs: Sequence[str], allow_dns: bool) -> list[dict[str, Any]]:
+    """Egress rules for agents whose Agent sets none: the cluster's DNS, and every address outside
+    `denied_cidrs` (which should hold the pod and service ranges and the nodes' addresses)."""
+    rules: list[dict[str, Any]] = []
+    if allow_dns:
+        rules.append(
+            {"to": [DNS_PEER], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+        )
+    peers = []
+    for everything, family in (("0.0.0.0/0", 4), ("::/0", 6)):
+        denied = [c for c in denied_cidrs if ipaddress.ip_network(c, strict=False).version == family]
+        peers.append({"ipBlock": {"cidr": everything, **({"except": denied} if denied else {})}})
+    rules.append({"to": peers})
+    return rules
+
+
+def egress_policy_name(agent_name: str | None) -> str:
+    """The namespace's default policy for None, else the one of the Agent named `agent_name`."""
+    if agent_name is None:
+        return DEFAULT_EGRESS_POLICY
+    return _AGENT_EGRESS_POLICY_PREFIX + label_value_for(agent_name)
+
+
+def render_egress_policy(agent: AgentSpec, agent_name: str, default: list[dict[str, Any]]) -> dict[str, Any]:
+    """The NetworkPolicy that limits where pods of `agent` may connect: the namespace's default one
+    (selecting every agent pod whose Agent sets no egress) or the Agent's own."""
+    selector: dict[str, Any] = {"matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY}}
+    if agent.egress is None:
+        name, egress = egress_policy_name(None), copy.deepcopy(default)
+        selector["matchExpressions"] = [{"key": api.LABEL_EGRESS, "operator": "DoesNotExist"}]
+    else:
+        name = egress_policy_name(agent_name)
+        egress = [rule.model_dump(by_alias=True, exclude_none=True) for rule in agent.egress]
+        selector["matchLabels"][api.LABEL_AGENT] = label_value_for(agent_name)
+        selector["matchLabels"][api.LABEL_EGRESS] = EGRESS_OF_AGENT
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/name": APP_NAME},
+        },
+        "spec": {"podSelector": selector, "policyTypes": ["Egress"], "egress": egress},
     }

@@ -7,6 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from taskyard.api import check_cidr
+from taskyard.render import DEFAULT_DENIED_CIDRS
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -48,6 +51,11 @@ class OperatorSettings:
     # complete list of every resource takes longer than the sync deadline.
     stall_seconds: float = 120.0
     sync_deadline_seconds: float = 600.0
+    # Whether the operator keeps NetworkPolicies for agent pods (off where administrators write their
+    # own), the ranges the default one denies, and whether it lets agents reach the cluster's DNS.
+    egress_policy: bool = True
+    egress_denied_cidrs: tuple[str, ...] = DEFAULT_DENIED_CIDRS
+    egress_allow_dns: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:
@@ -61,6 +69,9 @@ class OperatorSettings:
             metrics_port=_port(env, "TASKYARD_METRICS_PORT", default=cls.metrics_port),
             workers=_count(env, "TASKYARD_WORKERS", default=cls.workers),
             task_ttl_seconds=_optional_seconds(env, "TASKYARD_TASK_TTL_SECONDS"),
+            egress_policy=_flag(env, "TASKYARD_EGRESS_POLICY", default=cls.egress_policy),
+            egress_denied_cidrs=_cidrs(env, "TASKYARD_EGRESS_DENIED_CIDRS", default=cls.egress_denied_cidrs),
+            egress_allow_dns=_flag(env, "TASKYARD_EGRESS_ALLOW_DNS", default=cls.egress_allow_dns),
             **{
                 field: _positive(
                     env, f"TASKYARD_{field.upper()}", getattr(cls, field), zero_ok=field in _ZERO_OK
@@ -85,6 +96,27 @@ _DURATIONS = (
     "sync_deadline_seconds",
 )
 _ZERO_OK = {"job_retention_seconds", "image_pull_patience_seconds"}  # 0: at once
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ValueError(f"{name}={raw!r}: expected true or false")
+    return raw == "true"
+
+
+def _cidrs(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    if name not in env:
+        return default
+    ranges = tuple(part.strip() for part in env[name].split(",") if part.strip())
+    for cidr in ranges:
+        try:
+            check_cidr(cidr)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error} (a comma-separated list is expected)") from None
+    return ranges
 
 
 def _limit(env: Mapping[str, str], name: str) -> int | None:

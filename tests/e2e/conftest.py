@@ -6,6 +6,7 @@ else could watch the same Tasks. The operator runs in its pod, with in-cluster c
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -20,6 +21,14 @@ OPERATOR_IMAGE = os.environ.get("TASKYARD_OPERATOR_IMAGE", "localhost/taskyard/o
 CHART = REPO_ROOT / "helm" / "taskyard"
 AGENT_IMAGE_REGISTRY, AGENT_IMAGE_TAG = "localhost/taskyard", "dev"
 CODING_AGENTS = ("claude-code", "codex", "gemini-cli", "opencode")
+EGRESS = json.dumps(
+    [
+        {
+            "to": [{"podSelector": {"matchLabels": {"taskyard-e2e/role": "agent-service"}}}],
+            "ports": [{"port": 8080}],
+        }
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,9 @@ class Release:
             "--set", f"agentImages.registry={AGENT_IMAGE_REGISTRY}",
             "--set", f"agentImages.tag={AGENT_IMAGE_TAG}",
             *[arg for agent in CODING_AGENTS for arg in ("--set", f"agents.{agent}.enabled=true")],
+            # In place of the default egress (no cluster addresses): exactly the model stub and the git
+            # server, as a platform team would open its model gateway.
+            *[arg for agent in CODING_AGENTS for arg in ("--set-json", f"agents.{agent}.egress={EGRESS}")],
         ]  # fmt: skip
 
     def wait_ready(self) -> None:

@@ -83,7 +83,8 @@ def _service(name: str, script: str, args: list[str], extra_mounts: list[dict], 
             "replicas": 1,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels},
+                # The label the coding agents' egress rules open (tests/e2e/conftest.py).
+                "metadata": {"labels": {**labels, "taskyard-e2e/role": "agent-service"}},
                 "spec": {
                     "containers": [container],
                     "volumes": [{"name": "scripts", "configMap": {"name": "e2e-scripts"}}, *extra_volumes],

@@ -57,6 +57,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
+        self.networking = client.NetworkingV1Api(api)
 
     def create(self, kind: str, name: str, spec: dict[str, Any], **metadata: Any) -> dict[str, Any]:
         """Creates a Task or Agent in the test namespace."""

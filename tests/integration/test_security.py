@@ -228,6 +228,29 @@ def test_the_operator_may_touch_only_what_is_its_own(
         answer = policies.as_operator("auth", "can-i", verb, "secrets", "-n", ns).stdout.strip()
         assert answer == "no", f"the operator may {verb} Secrets"
 
+    def network_policy(name: str, selector: dict[str, Any]) -> str:
+        metadata = {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "taskyard"}}
+        spec = {"podSelector": selector, "policyTypes": ["Egress"], "egress": []}
+        return manifest(
+            "NetworkPolicy", name, ns, apiVersion="networking.k8s.io/v1", metadata=metadata, spec=spec
+        )
+
+    ours = {"matchLabels": {"app.kubernetes.io/managed-by": "taskyard"}}
+    # A policy selecting every pod of the namespace would cut them all off.
+    error = policies.as_operator("create", "-f", "-", input=network_policy("taskyard-agents", {})).stderr
+    assert (
+        "may only create and update the agents' own" in error and f"not create {ns}/taskyard-agents" in error
+    )
+    error = policies.as_operator("create", "-f", "-", input=network_policy("deny-all", ours)).stderr
+    assert f"not create {ns}/deny-all" in error
+    allowed = policies.as_operator(*dry_run, input=network_policy("taskyard-agents", ours))
+    assert allowed.returncode == 0, allowed.stderr
+    cluster.kubectl("create", "-f", "-", input=network_policy("taskyard-agents", ours))
+    error = policies.as_operator(
+        "-n", ns, "delete", "networkpolicy", "taskyard-agents", "--wait=false"
+    ).stderr
+    assert "not delete" in error or "forbidden" in error
+
 
 @pytest.mark.parametrize("scope", ["cluster", "namespaced"])
 def test_the_operator_runs_tasks_on_its_own_token_within_the_policies(
@@ -250,6 +273,8 @@ def test_the_operator_runs_tasks_on_its_own_token_within_the_policies(
         assert task["status"]["attempts"] == 2 and task["status"]["logTail"] == "first\nsecond"
         account = kube.core.read_namespaced_service_account("taskyard-agent", kube.namespace)
         assert account.automount_service_account_token is False
+        made = kube.networking.read_namespaced_network_policy("taskyard-agents", kube.namespace)
+        assert made.metadata.labels["app.kubernetes.io/managed-by"] == "taskyard"
         [job] = kube.jobs("own")
         assert job.spec.template.spec.service_account_name == "taskyard-agent"
         if scope == "namespaced":
@@ -430,3 +455,27 @@ def test_a_task_may_not_replace_what_its_agent_sets(cluster: Cluster, kube: Kube
             assert f"spec.env sets {variable}, which Agent proxied sets itself" in error
     finally:
         cluster.kubectl("delete", "clusteragent", cluster_agent, "--wait=false", check=False)
+
+
+def test_only_who_may_write_network_policies_may_give_an_agent_egress_rules(
+    cluster: Cluster, kube: Kube, authors: str, policies: Policies
+) -> None:
+    egress = [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]  # the cluster's own addresses
+    spec = {"image": "localhost/taskyard/shell:dev", "egress": egress}
+    bobs = manifest("Agent", "bobs-open", authors, spec=spec)
+    eventually("an Agent by bob", lambda: create_as(cluster, "bob", bobs, dry_run=True), "NetworkPolicies")
+    error = create_as(cluster, "bob", bobs).stderr
+    assert (
+        f"spec.egress becomes a NetworkPolicy, and bob may not create NetworkPolicies in namespace {authors}"
+        in (error)
+    )
+    plain = create_as(cluster, "bob", manifest("Agent", "bobs-plain", authors, spec={"image": spec["image"]}))
+    assert plain.returncode == 0, plain.stderr  # without egress, the default applies
+    cluster.kubectl(
+        "-n", authors, "create", "role", "netpol-writer", "--verb=create", "--resource=networkpolicies"
+    )
+    cluster.kubectl(
+        "-n", authors, "create", "rolebinding", "carol-netpol", "--role=netpol-writer", "--user=carol"
+    )
+    accepted = create_as(cluster, "carol", manifest("Agent", "carols-open", authors, spec=spec))
+    assert accepted.returncode == 0, accepted.stderr

@@ -542,6 +542,7 @@ def test_admission_policies_and_their_bindings_are_installed_by_default():
         "taskyard-agent-secrets",
         "taskyard-task-env-agent",
         "taskyard-task-env-clusteragent",
+        "taskyard-agent-egress",
     }
     bindings = {b["spec"]["policyName"]: b for b in of_kind(objects, "ValidatingAdmissionPolicyBinding")}
     assert set(bindings) == names
@@ -576,6 +577,63 @@ def test_the_operator_may_create_only_service_accounts_of_all_that_policy_govern
     rules = rbac_rules(render())
     accounts = [rule for _, rule in rules if "serviceaccounts" in rule["resources"]]
     assert [rule["verbs"] for rule in accounts] == [["create"]]
+
+
+def test_the_operator_keeps_egress_policies_by_default_and_only_its_own():
+    objects = render()
+    env = env_of(operator_container(objects))
+    assert env["TASKYARD_EGRESS_POLICY"] == "true"
+    assert env["TASKYARD_EGRESS_ALLOW_DNS"] == "true"
+    denied = env["TASKYARD_EGRESS_DENIED_CIDRS"].split(",")
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(denied)
+    [rule] = [rule for _, rule in rbac_rules(objects) if "networkpolicies" in rule["resources"]]
+    assert rule["verbs"] == ["get", "create", "update"]  # never list, watch or delete
+    operator = policies(objects)["taskyard-operator"]["spec"]
+    assert {
+        "apiGroups": ["networking.k8s.io"],
+        "apiVersions": ["*"],
+        "operations": ["CREATE", "UPDATE", "DELETE"],
+        "resources": ["networkpolicies"],
+    } in operator["matchConstraints"]["resourceRules"]
+    [own] = [
+        v
+        for v in operator["validations"]
+        if 'request.resource.resource != "networkpolicies"' in v["expression"]
+    ]
+    assert 'request.operation != "DELETE"' in own["expression"]
+    assert "object.spec.podSelector.matchLabels" in own["expression"]
+
+    off = render("networkPolicy.enabled=false", "networkPolicy.deniedCIDRs={10.0.0.0/8}")
+    assert env_of(operator_container(off))["TASKYARD_EGRESS_POLICY"] == "false"
+    assert not [rule for _, rule in rbac_rules(off) if "networkpolicies" in rule["resources"]]
+
+
+def test_writing_an_agents_egress_needs_the_right_to_create_network_policies():
+    egress = policies(render())["taskyard-agent-egress"]["spec"]
+    [rule] = egress["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["agents", "clusteragents"] and rule["operations"] == ["CREATE", "UPDATE"]
+    [validation] = egress["validations"]
+    assert (
+        'resource("networkpolicies")' in validation["expression"]
+        and 'check("create")' in validation["expression"]
+    )
+    assert validation["reason"] == "Forbidden"
+
+
+def test_a_preset_may_replace_the_default_egress():
+    objects = render("agents.shell.egress[0].ports[0].port=443")
+    [shell] = [agent for agent in of_kind(objects, "ClusterAgent") if agent["metadata"]["name"] == "shell"]
+    assert shell["spec"]["egress"] == [{"ports": [{"port": 443}]}]
+    [default] = [agent for agent in of_kind(render(), "ClusterAgent") if agent["metadata"]["name"] == "shell"]
+    assert "egress" not in default["spec"]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0", "ten/8"])
+def test_denied_ranges_must_be_cidrs(value: str):
+    result = _run_helm(
+        "template", "t", str(CHART), "--set", f"networkPolicy.deniedCIDRs={{{value}}}", check=False
+    )
+    assert result.returncode != 0 and "deniedCIDRs" in result.stderr
 
 
 @pytest.mark.parametrize("value", ["Kube System", "-x"])

@@ -27,6 +27,7 @@ TASKS = f"/apis/taskyard.dev/v1alpha1/namespaces/{NS}/tasks"
 JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
 CONFIG_MAPS = f"/api/v1/namespaces/{NS}/configmaps"
 SERVICE_ACCOUNTS = f"/api/v1/namespaces/{NS}/serviceaccounts"
+NETWORK_POLICIES = f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies"
 SHELL = {"image": "shell:dev", "command": ["sh", "/etc/taskyard/prompt"]}
 
 
@@ -79,6 +80,8 @@ def controller_for(fake: FakeApi, **settings: Any) -> Controller:
     controller.agents.put((NS, "shell"), dict(SHELL))
     if SERVICE_ACCOUNTS not in fake.routes:
         fake.route(SERVICE_ACCOUNTS, created("ServiceAccount"))
+    if NETWORK_POLICIES not in fake.routes:
+        fake.route(NETWORK_POLICIES, created("NetworkPolicy"))
     return controller
 
 
@@ -564,6 +567,121 @@ def test_a_task_may_not_replace_what_its_agent_sets_unless_the_agent_lets_it():
             assert name == "redirect" and (patch["phase"], patch["reason"]) == ("Failed", "InvalidSpec")
             assert "spec.env sets BASE_URL, which Agent/ns/shell sets itself" in patch["message"]
             assert "uid-tune" in controller.reserved and controller.reserved["uid-tune"].created
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_the_egress_policy_is_in_place_before_the_job_and_made_once_per_namespace_and_agent():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.route(CONFIG_MAPS, created())
+            calls: list[tuple[str, dict]] = []
+
+            def recording(kind: str):
+                async def handler(request: web.Request) -> web.StreamResponse:
+                    calls.append((kind, json.loads(await request.read())))
+                    return web.json_response(calls[-1][1], status=201)
+
+                return handler
+
+            fake.route(JOBS, recording("Job"))
+            fake.route(NETWORK_POLICIES, recording("NetworkPolicy"))
+            controller = controller_for(fake)
+            for name in ("one", "two"):
+                fake.status_route(name)
+                add_task(controller, task_body(name))
+            for key in controller.admit():
+                await controller.reconcile(key)
+            assert [kind for kind, _ in calls] == ["NetworkPolicy", "Job", "Job"]
+            policy = calls[0][1]
+            assert policy["metadata"]["name"] == "taskyard-agents"
+            assert policy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "taskyard"
+            assert policy["metadata"]["annotations"]["taskyard.dev/spec-digest"]
+            assert policy["spec"]["policyTypes"] == ["Egress"]
+            denied = policy["spec"]["egress"][-1]["to"][0]["ipBlock"]
+            assert denied["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in denied["except"]
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_an_egress_policy_the_api_server_refuses_fails_the_task_without_a_job():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("t")
+            fake.route(CONFIG_MAPS, created())
+            jobs: list[dict] = []
+
+            async def job(request: web.Request) -> web.StreamResponse:
+                jobs.append(json.loads(await request.read()))
+                return web.json_response(jobs[-1], status=201)
+
+            async def refuse(request: web.Request) -> web.StreamResponse:
+                message = 'NetworkPolicy.networking.k8s.io "taskyard-agent-shell" is invalid: spec.egress[0]'
+                return web.json_response({"kind": "Status", "code": 422, "message": message}, status=422)
+
+            fake.route(JOBS, job)
+            fake.route(NETWORK_POLICIES, refuse)
+            controller = controller_for(fake)
+            controller.agents.put((NS, "shell"), {**SHELL, "egress": [{"ports": [{"port": 443}]}]})
+            add_task(controller, task_body("t"))
+            for key in controller.admit():
+                await controller.reconcile(key)
+            [(_, patch)] = patches
+            assert (patch["phase"], patch["reason"]) == ("Failed", "EgressPolicyRejected")
+            assert "taskyard-agent-shell" in patch["message"] and "spec.egress[0]" in patch["message"]
+            assert jobs == []
+            await controller.api.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("owner", ["taskyard", "an administrator"])
+def test_an_outdated_egress_policy_of_ours_is_replaced_and_an_administrators_is_left_alone(owner):
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("t")
+            fake.route(CONFIG_MAPS, created())
+            fake.route(JOBS, created("Job"))
+            replaced: list[dict] = []
+            labels = {"app.kubernetes.io/managed-by": "taskyard"} if owner == "taskyard" else {}
+
+            async def exists(request: web.Request) -> web.StreamResponse:
+                return web.json_response({"kind": "Status", "code": 409}, status=409)
+
+            async def existing(request: web.Request) -> web.StreamResponse:
+                if request.method == "PUT":
+                    replaced.append(json.loads(await request.read()))
+                    return web.json_response(replaced[-1])
+                metadata = {
+                    "name": "taskyard-agents",
+                    "namespace": NS,
+                    "resourceVersion": "7",
+                    "labels": labels,
+                    "annotations": {"taskyard.dev/spec-digest": "from-an-older-version"},
+                }
+                return web.json_response({"metadata": metadata, "spec": {"podSelector": {}}})
+
+            fake.route(NETWORK_POLICIES, exists)
+            fake.route(f"{NETWORK_POLICIES}/taskyard-agents", existing)
+            controller = controller_for(fake)
+            add_task(controller, task_body("t"))
+            for key in controller.admit():
+                await controller.reconcile(key)
+            assert controller.reserved["uid-t"].created
+            if owner == "taskyard":
+                [policy] = replaced
+                assert policy["metadata"]["resourceVersion"] == "7"
+                assert policy["spec"]["egress"]
+            else:
+                assert replaced == []
             await controller.api.close()
 
     run(scenario())

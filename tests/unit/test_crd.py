@@ -132,7 +132,10 @@ def test_schema_is_structural(kind):
     for path, node in _nodes(schema):
         assert not {"$ref", "$defs", "anyOf", "allOf", "oneOf", "not", "title", "nullable"} & set(node), path
         assert node.get("additionalProperties") is not True, path
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        untyped = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        assert "type" in node or untyped, path
+        # The API server refuses a type beside x-kubernetes-int-or-string.
+        assert not ("type" in node and node.get("x-kubernetes-int-or-string")), path
         if "properties" in node:
             assert node["type"] == "object", path
         if node.get("type") == "array":

@@ -10,9 +10,11 @@ from taskyard import api
 from taskyard.api import SpecError, parse_agent_spec, parse_task_spec
 from taskyard.render import (
     TaskRef,
+    default_egress,
     job_name_for,
     label_value_for,
     refused_env_overrides,
+    render_egress_policy,
     render_job,
     render_workspace_claim,
     workspace_claim_name,
@@ -219,6 +221,7 @@ def test_pod_is_locked_down_by_default():
         "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
+        "readOnlyRootFilesystem": True,
     }
     assert agent["name"] == "agent"
     assert agent["image"] == "registry.example/agent:1"
@@ -232,6 +235,8 @@ def test_pod_is_locked_down_by_default():
     assert agent["volumeMounts"] == [
         {"name": "workspace", "mountPath": "/workspace"},
         {"name": "prompt", "mountPath": "/etc/taskyard", "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": "/home/agent"},
     ]
     assert "command" not in agent and "args" not in agent and "envFrom" not in agent
 
@@ -297,6 +302,7 @@ def test_env_order_and_overrides():
         "TASK_PROMPT",
         "TASK_PROVIDER",
         "TASK_MODEL",
+        "HOME",
         "A",
         "B",
         "C",
@@ -485,7 +491,7 @@ def test_repository_and_limits_become_the_entrypoints_environment():
 def test_without_repository_or_limits_nothing_of_them_is_rendered():
     job = render_job(make_task(), make_agent(), "coder")
     assert not [e for e in env_of(job) if e["name"].startswith("TASKYARD_")]
-    assert {v["name"] for v in pod_spec(job)["volumes"]} == {"workspace", "prompt"}
+    assert {v["name"] for v in pod_spec(job)["volumes"]} == {"workspace", "prompt", "tmp", "home"}
 
 
 def test_a_public_repository_without_push_has_no_credentials():
@@ -496,13 +502,23 @@ def test_a_public_repository_without_push_has_no_credentials():
     assert "git-credentials" not in {v["name"] for v in pod_spec(job)["volumes"]}
 
 
-def test_a_read_only_root_filesystem_comes_with_a_writable_tmp():
-    job = render_job(make_task(), make_agent(readOnlyRootFilesystem=True), "coder")
+def test_agents_run_on_a_read_only_root_filesystem_with_writable_tmp_and_home_by_default():
+    job = render_job(make_task(), make_agent(), "coder")
     assert container(job)["securityContext"]["readOnlyRootFilesystem"] is True
     assert volume(job, "tmp") == {"name": "tmp", "emptyDir": {}}
+    assert volume(job, "home") == {"name": "home", "emptyDir": {}}
     assert {"name": "tmp", "mountPath": "/tmp"} in container(job)["volumeMounts"]
-    default = render_job(make_task(), make_agent(), "coder")
-    assert "readOnlyRootFilesystem" not in container(default)["securityContext"]
+    assert {"name": "home", "mountPath": "/home/agent"} in container(job)["volumeMounts"]
+    assert {"name": "HOME", "value": "/home/agent"} in env_of(job)
+
+
+def test_an_agent_may_keep_its_own_home_or_a_writable_root_filesystem():
+    own_home = render_job(make_task(), make_agent(env=[{"name": "HOME", "value": "/tmp/h"}]), "coder")
+    assert [e for e in env_of(own_home) if e["name"] == "HOME"] == [{"name": "HOME", "value": "/tmp/h"}]
+    writable = render_job(make_task(), make_agent(readOnlyRootFilesystem=False), "coder")
+    assert "readOnlyRootFilesystem" not in container(writable)["securityContext"]
+    assert {v["name"] for v in pod_spec(writable)["volumes"]}.isdisjoint({"tmp", "home"})
+    assert "HOME" not in {e["name"] for e in env_of(writable)}
 
 
 def test_a_task_may_replace_only_the_agent_variables_it_lists_as_overridable():
@@ -579,3 +595,83 @@ def test_a_task_cannot_point_a_proxied_agent_elsewhere():
         }
     )
     assert refused_env_overrides(task, parse_agent_spec(PROXIED)) == ["ANTHROPIC_BASE_URL"]
+
+
+# --- Egress policies --------------------------------------------------------------------------------------
+
+
+def test_the_default_egress_allows_dns_and_everything_outside_the_denied_ranges_per_family():
+    rules = default_egress(["10.0.0.0/8", "169.254.0.0/16", "fc00::/7"], allow_dns=True)
+    dns, outside = rules
+    assert dns["to"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert outside == {
+        "to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.0.0/16"]}},
+            {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7"]}},
+        ]
+    }
+    assert default_egress([], allow_dns=False) == [
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]}
+    ]
+
+
+def test_agents_without_egress_rules_share_the_namespace_default_policy():
+    default = default_egress(["10.0.0.0/8"], allow_dns=True)
+    policy = render_egress_policy(make_agent(), "coder", default)
+    assert policy["metadata"]["name"] == "taskyard-agents"
+    assert policy["spec"] == {
+        "podSelector": {
+            "matchLabels": {"app.kubernetes.io/managed-by": "taskyard"},
+            "matchExpressions": [{"key": "taskyard.dev/egress", "operator": "DoesNotExist"}],
+        },
+        "policyTypes": ["Egress"],
+        "egress": default,
+    }
+    job = render_job(make_task(), make_agent(), "coder")
+    assert "taskyard.dev/egress" not in job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_an_agent_with_egress_rules_gets_a_policy_of_its_own_that_replaces_the_default():
+    rules = [{"to": [{"podSelector": {"matchLabels": {"app": "model-gateway"}}}], "ports": [{"port": 8080}]}]
+    agent = make_agent(egress=rules)
+    name = "a" * 100
+    policy = render_egress_policy(agent, name, default_egress([], allow_dns=True))
+    assert policy["metadata"]["name"] == "taskyard-agent-" + label_value_for(name)
+    assert DNS1123_SUBDOMAIN.match(policy["metadata"]["name"])
+    assert policy["spec"]["egress"] == rules
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {
+            "app.kubernetes.io/managed-by": "taskyard",
+            "taskyard.dev/agent": label_value_for(name),
+            "taskyard.dev/egress": "agent",
+        }
+    }
+    labels = render_job(make_task(), agent, name)["spec"]["template"]["metadata"]["labels"]
+    assert {k: labels[k] for k in policy["spec"]["podSelector"]["matchLabels"]} == (
+        policy["spec"]["podSelector"]["matchLabels"]
+    )
+    nothing = render_egress_policy(make_agent(egress=[]), "sealed", [])
+    assert nothing["spec"]["egress"] == [] and nothing["spec"]["policyTypes"] == ["Egress"]
+
+
+@pytest.mark.parametrize(
+    ("egress", "message"),
+    [
+        (
+            [{"to": [{"ipBlock": {"cidr": "10.0.0.300/8"}}]}],
+            "spec.egress[0].to[0].ipBlock.cidr: '10.0.0.300/8' is not a CIDR",
+        ),
+        ([{"to": [{"ipBlock": {"cidr": "10.0.0.1"}}]}], "has no prefix length"),
+        ([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["nope"]}}]}], "is not a CIDR"),
+        ([{"to": [{}]}], "set ipBlock, or namespaceSelector and/or podSelector"),
+        (
+            [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}, "podSelector": {}}]}],
+            "ipBlock cannot be combined with namespaceSelector or podSelector",
+        ),
+        ([{"ports": [{"protocol": "ICMP"}]}], "spec.egress[0].ports[0].protocol: 'ICMP' is invalid"),
+    ],
+)
+def test_bad_egress_rules_are_refused_naming_the_field(egress, message):
+    with pytest.raises(api.SpecError, match=re.escape(message)):
+        make_agent(egress=egress)

@@ -109,6 +109,14 @@ Secrets and ConfigMaps themselves, through their env and volumes. */}}
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["create"]
+{{- if .Values.networkPolicy.enabled }}
+# The agents' egress NetworkPolicies: taskyard-agents per namespace, and taskyard-agent-<agent> for an
+# Agent with egress rules of its own; created before the first Job there, kept in line with the Agent
+# and the settings below (the admission policy allows no other, and no delete).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "update"]
+{{- end }}
 # The log ConfigMap each Task owns (<task>-logs): created, then patched for later attempts. No list or
 # watch, and no delete: the garbage collector removes it with its Task.
 - apiGroups: [""]
