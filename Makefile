@@ -27,6 +27,10 @@ cluster-down: ## Stop the local cluster and remove its state
 images: ## Build container images with buildah and load them into the local cluster
 	hack/images.sh
 
+.PHONY: install
+install: deps ## helm upgrade --install the chart: local images on the local cluster, else IMAGE_REGISTRY=...
+	hack/install.sh
+
 .PHONY: images-push
 images-push: ## Push the operator and agent images: REGISTRY=ghcr.io/you/taskyard [TAG=appVersion]
 	REGISTRY="$(REGISTRY)" TAG="$(TAG)" hack/images-push.sh
@@ -58,7 +62,7 @@ test-unit: ## Only the unit tier (no cluster)
 	$(PYTHON) -m pytest -m unit
 
 .PHONY: demo
-demo: ## A Task end to end: cluster (current context or local), operator, hello Task, its logs
+demo: ## Install taskyard (current context, else the local cluster) and run a hello Task end to end
 	hack/demo.sh
 
 .PHONY: bench
