@@ -103,7 +103,8 @@ NPM_CACHE="$TASKYARD_CACHE/npm"
 build_agent_base() {
   build_debian_rootfs agent-rootfs "$AGENT_ROOTFS_PACKAGES"
   local context; context=$(mktemp -d)
-  cp "$REPO_ROOT/agents/base/Dockerfile" "$REPO_ROOT/agents/entrypoint/taskyard_agent.py" "$context/"
+  cp "$REPO_ROOT/agents/base/Dockerfile" "$REPO_ROOT/agents/entrypoint/taskyard_agent.py" \
+    "$REPO_ROOT/agents/entrypoint/taskyard_credential_proxy.py" "$context/"
   # The recipe is an argument, so a rebuilt root filesystem rebuilds the base too.
   build_image agent-base "$context" --build-arg "BASE=$IMAGE_PREFIX/agent-rootfs:$IMAGE_TAG" \
     --build-arg "ROOTFS_RECIPE=$AGENT_ROOTFS_PACKAGES"

@@ -712,6 +712,47 @@ class AgentSecurityContext(_Model):
     )
 
 
+PROXY_AUTH_SCHEMES = ("x-api-key", "bearer", "x-goog-api-key")
+PROXY_PORT = 8484
+PROXY_PLACEHOLDER_KEY = "taskyard-proxied"
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the Task's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key whose value is the API key.")
+
+
+class CredentialProxySpec(_Model):
+    """A proxy beside the agent that holds its model provider's API key, so the agent never does."""
+
+    upstream: Annotated[
+        str,
+        Field(max_length=2048, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$"),
+        _matching(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", "an http:// or https:// URL without query"),
+    ] = Field(description="The provider's base URL the proxy forwards to, e.g. https://api.anthropic.com.")
+    auth: Literal["x-api-key", "bearer", "x-goog-api-key"] = Field(
+        description="How the provider takes the key: the x-api-key header (Anthropic), "
+        "Authorization: Bearer (OpenAI and most others) or x-goog-api-key (Gemini)."
+    )
+    secret_key_ref: SecretKeyRef = Field(
+        description="The Secret key holding the API key; it reaches the proxy's container only."
+    )
+    base_url_env: EnvName = Field(
+        description="The CLI's base-URL variable, set to the proxy (http://127.0.0.1:8484), "
+        "e.g. ANTHROPIC_BASE_URL."
+    )
+    api_key_env: EnvName | None = Field(
+        None,
+        description=f"The CLI's API-key variable, set to the placeholder {PROXY_PLACEHOLDER_KEY!r} so the "
+        "CLI starts; the proxy replaces it with the real key.",
+    )
+    image: str | None = Field(
+        None, description="Image of the proxy's container; the agent's image (taskyard's images have it)."
+    )
+
+
 class AgentSpec(_Model):
     """How to run an agent: its image and the Pod settings every Task of this agent gets."""
 
@@ -725,6 +766,12 @@ class AgentSpec(_Model):
     )
     env_from: list[EnvFromSource] | None = Field(
         None, description="ConfigMaps and Secrets whose keys become environment variables, e.g. API keys."
+    )
+    credential_proxy: CredentialProxySpec | None = Field(
+        None,
+        description="Keep the model provider's API key out of the agent's container: a proxy beside it "
+        "adds the key to each request. Its base-URL and API-key variables are the Agent's; a Task cannot "
+        "replace them.",
     )
     overridable_env: list[EnvName] | None = Field(
         None,
@@ -800,6 +847,21 @@ class AgentSpec(_Model):
         "and its home /home/agent (HOME, unless the Agent sets it), which become emptyDirs. Set false for an "
         "image that must write elsewhere.",
     )
+
+    @model_validator(mode="after")
+    def _proxy_variables_are_the_proxys(self) -> "AgentSpec":
+        proxy = self.credential_proxy
+        if proxy is None:
+            return self
+        own = {proxy.base_url_env: "baseUrlEnv", proxy.api_key_env: "apiKeyEnv"}
+        for entry in self.env or []:
+            if entry["name"] in own:
+                raise ValueError(
+                    f"env sets {entry['name']}, which credentialProxy.{own[entry['name']]} gives the agent "
+                    "(the proxy's address or the placeholder key); remove it from env, and put another "
+                    "endpoint into credentialProxy.upstream"
+                )
+        return self
 
 
 class Condition(_Model):

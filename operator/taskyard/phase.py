@@ -155,6 +155,10 @@ class PodView:
             if item.get("name") == container:
                 state = item.get("state") or {}
         waiting = state.get("waiting") or {}
+        if not state or waiting.get("reason") == "PodInitializing":
+            # The agent waits for a sidecar (the credential proxy): its trouble is the Task's, e.g. a
+            # missing Secret, and its message names what is missing.
+            waiting = _stuck_init_container(status) or waiting
         terminated = state.get("terminated")
         owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("controller")), {})
         scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
@@ -177,6 +181,20 @@ class PodView:
             unschedulable_message=unschedulable[:1024] if unschedulable else None,
             evicted_message=evicted[:1024] if evicted else None,
         )
+
+
+_STARTING = frozenset({"PodInitializing", "ContainerCreating"})
+
+
+def _stuck_init_container(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The waiting state of the first init or sidecar container that waits for anything but its turn,
+    with the container named in the message."""
+    for item in status.get("initContainerStatuses") or []:
+        waiting = (item.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in _STARTING:
+            message = f"container {item.get('name')}: {waiting.get('message') or waiting['reason']}"
+            return {"reason": waiting["reason"], "message": message}
+    return None
 
 
 def newest_pod(pods: list[PodView]) -> PodView | None:
@@ -386,7 +404,7 @@ def _phase_of(spec: dict[str, Any], seen: Observation) -> tuple[str, str, str]:
                 "AttemptEnded",
                 f"the agent exited with code {pod.exit_code}; the Job decides what next",
             )
-        if pod is not None and pod.waiting_reason and pod.waiting_reason != "ContainerCreating":
+        if pod is not None and pod.waiting_reason and pod.waiting_reason not in _STARTING:
             return (
                 RUNNING,
                 pod.waiting_reason,

@@ -131,6 +131,7 @@ def refused_env_overrides(task: TaskSpec, agent: AgentSpec) -> list[str]:
     """The Task's env variables that would replace ones the Agent sets without listing them as
     overridable: an Agent's settings (a base URL next to its API key, say) are its author's."""
     own = {entry["name"] for entry in agent.env or []} - set(agent.overridable_env or [])
+    own |= {entry["name"] for entry in _proxy_env(agent)}  # never overridable: the key would follow
     return [entry["name"] for entry in task.env or [] if entry["name"] in own]
 
 
@@ -165,6 +166,7 @@ def _env(task: TaskRef, agent: AgentSpec) -> list[dict[str, Any]]:
         # Where the image's home is read-only, the agent's settings and caches go to a volume of its own.
         entries.append({"name": "HOME", "value": HOME_PATH})
     entries.extend(agent.env or [])
+    entries.extend(_proxy_env(agent))
     entries.extend(spec.env or [])
     return _merged_env(copy.deepcopy(entries))
 
@@ -316,6 +318,68 @@ def _container(task: TaskRef, agent: AgentSpec) -> dict[str, Any]:
     return container
 
 
+PROXY_CONTAINER_NAME = "credential-proxy"
+
+
+def _proxy_env(agent: AgentSpec) -> list[dict[str, Any]]:
+    """What the agent's CLI is told: the proxy is its provider, and its key a placeholder."""
+    proxy = agent.credential_proxy
+    if proxy is None:
+        return []
+    entries = [{"name": proxy.base_url_env, "value": f"http://127.0.0.1:{api.PROXY_PORT}"}]
+    if proxy.api_key_env:
+        entries.append({"name": proxy.api_key_env, "value": api.PROXY_PLACEHOLDER_KEY})
+    # A CLI that honours HTTP(S)_PROXY must still talk to the proxy beside it directly.
+    entries.append({"name": "NO_PROXY", "value": "127.0.0.1,localhost"})
+    return entries
+
+
+def _proxy_container(agent: AgentSpec) -> dict[str, Any] | None:
+    """The credential proxy as a native sidecar: it starts before the agent, stays up beside it and
+    does not keep the Job from completing. Only its environment has the key (containers of a pod do
+    not share processes), and a missing Secret or key is named by the kubelet's CreateContainerConfigError."""
+    proxy = agent.credential_proxy
+    if proxy is None:
+        return None
+    listening = f"import socket; socket.create_connection(('127.0.0.1', {api.PROXY_PORT}), 1)"
+    return {
+        "name": PROXY_CONTAINER_NAME,
+        "image": proxy.image or agent.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["taskyard-credential-proxy"],
+        "restartPolicy": "Always",
+        "env": [
+            {"name": "TASKYARD_PROXY_UPSTREAM", "value": proxy.upstream},
+            {"name": "TASKYARD_PROXY_AUTH", "value": proxy.auth},
+            {
+                "name": "TASKYARD_PROXY_KEY",
+                "valueFrom": {
+                    "secretKeyRef": {"name": proxy.secret_key_ref.name, "key": proxy.secret_key_ref.key}
+                },
+            },
+            {"name": "TASKYARD_PROXY_PORT", "value": str(api.PROXY_PORT)},
+        ],
+        # The agent starts once the proxy listens, so its first request never finds nothing there.
+        "startupProbe": {
+            "exec": {"command": ["python3", "-c", listening]},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "500m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def _pod_failure_policy(agent: AgentSpec) -> dict[str, Any]:
     # An evicted or preempted Pod did nothing wrong, so it must not use up a retry.
     rules: list[dict[str, Any]] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
@@ -371,6 +435,9 @@ def render_job(
         pod_spec["schedulerName"] = agent.scheduler_name
     if priority_class:
         pod_spec["priorityClassName"] = priority_class
+    proxy = _proxy_container(agent)
+    if proxy is not None:
+        pod_spec["initContainers"] = [proxy]
     pod_spec["containers"] = [_container(task, agent)]
     size_limit = agent.workspace_size_limit or DEFAULT_WORKSPACE_SIZE_LIMIT
     pod_spec["volumes"] = [_workspace_volume(task, size_limit), _prompt_volume(spec)]

@@ -34,7 +34,8 @@ calls them) and OpenCode (write, bash).
 
 Anything else (model lists, token counts, telemetry) gets a harmless answer. Every request is
 recorded: ``GET /_requests`` returns them as a JSON list, oldest first, each with its path, scenario,
-api, turn, model, reply and auth (how the key came, never the key); ``DELETE /_requests`` forgets them.
+api, turn, model, reply, auth (how the key came) and key (a digest of it, never the key itself);
+``DELETE /_requests`` forgets them.
 ``--dump DIR`` also keeps every request body, to see what a CLI really sends.
 
 Every model answer carries usage: INPUT_TOKENS and OUTPUT_TOKENS (or the ``input_tokens`` and
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
@@ -736,7 +738,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _record(self, **entry: Any) -> None:
         entry = self.server.log.add(
-            {"method": self.command, "path": self.path, "auth": self._auth(), **entry}
+            {
+                "method": self.command,
+                "path": self.path,
+                "auth": self._auth(),
+                "key": self._key_digest(),
+                **entry,
+            }
         )
         if self.server.dump is not None and self.request_body:
             (self.server.dump / f"{entry['n']:05d}.json").write_bytes(self.request_body)
@@ -753,6 +761,16 @@ class Handler(BaseHTTPRequestHandler):
         if (self.headers.get("Authorization") or "").lower().startswith("bearer "):
             return "bearer"
         return None
+
+    def _key_digest(self) -> str | None:
+        """A digest of the key the client sent (never the key): tests check which key arrived."""
+        authorization = self.headers.get("Authorization") or ""
+        key = (
+            self.headers.get("x-api-key")
+            or self.headers.get("x-goog-api-key")
+            or (authorization[7:] if authorization.lower().startswith("bearer ") else "")
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16] if key else None
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)

@@ -10,6 +10,7 @@ images built from agents/, their entrypoint, the ClusterAgent presets of the cha
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import socket
@@ -32,6 +33,11 @@ pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent
 AGENT_BASE_IMAGE = "localhost/taskyard/agent-base:dev"
 PUSH_TOKEN = "push-token-" + uuid.uuid4().hex[:8]
+# The agents' API keys, as their Secrets hold them: only the credential proxy beside each agent reads them.
+API_KEYS = {
+    "taskyard-anthropic": "sk-ant-e2e-" + uuid.uuid4().hex,
+    "taskyard-openai": "sk-e2e-" + uuid.uuid4().hex,
+}
 REPOSITORY = "demo.git"
 # What the stub's "edit" scenario writes and runs (tests/e2e/modelstub.py).
 EDITED_FILE, EDITED_CONTENT = "hello.txt", "hello from the model stub\n"
@@ -114,9 +120,8 @@ def services(cluster: Cluster, release: Release, agent_images: None) -> Iterator
 
         objects = [
             scripts,
-            # The agents' API keys: placeholders, as the stub takes any key.
-            secret("taskyard-anthropic", {"api-key": "sk-ant-placeholder"}),
-            secret("taskyard-openai", {"api-key": "sk-placeholder"}),
+            # The agents' API keys (the stub takes any key, and records a digest of the one it got).
+            *[secret(name, {"api-key": key}) for name, key in API_KEYS.items()],
             # The credentials the agents push with, and the token the git server accepts.
             secret("git-push", {"token": PUSH_TOKEN}),
             *_service("model-stub", "modelstub.py", [], [], []),
@@ -184,6 +189,19 @@ def run_task(kube: Kube, name: str, spec: dict[str, Any]) -> None:
     kube.create("Task", name, spec)
 
 
+def key_digest(secret: str) -> str:
+    return hashlib.sha256(API_KEYS[secret].encode()).hexdigest()[:16]
+
+
+def agent_on_stub(kube: Kube, preset: str, upstream: str, name: str) -> str:
+    """An Agent of the test namespace that is the chart's preset with its credential proxy sending to
+    the model stub (the Agent author decides where the key goes; a Task cannot)."""
+    spec = json.loads(kube.cluster.kubectl("get", "clusteragent", preset, "-o", "json").stdout)["spec"]
+    spec["credentialProxy"]["upstream"] = upstream
+    kube.create("Agent", name, spec)
+    return name
+
+
 def final(kube: Kube, name: str, timeout: float = AGENT_TIMEOUT) -> dict[str, Any]:
     return kube.wait_for(
         f"task {name} to finish",
@@ -243,12 +261,12 @@ def model_requests(services: Services, kube: Kube, scenario_marker: str) -> list
 # --- Claude Code and Codex: a whole tool-using conversation ----------------------------------------
 
 
-# How each agent is pointed at the model stub: the variable, and what follows the scenario's path.
-# OpenCode's Anthropic provider takes a base URL that ends in /v1, as Codex's does.
+# What follows the scenario's path in each proxy's upstream (the preset's upstream path), and the
+# Secret of each agent's key. OpenCode's Anthropic provider, like Codex, sends paths without /v1.
 MODEL_ENDPOINTS = {
-    "claude-code": ("ANTHROPIC_BASE_URL", ""),
-    "codex": ("OPENAI_BASE_URL", "/v1"),
-    "opencode": ("ANTHROPIC_BASE_URL", "/v1"),
+    "claude-code": ("", "taskyard-anthropic"),
+    "codex": ("/v1", "taskyard-openai"),
+    "opencode": ("/v1", "taskyard-anthropic"),
 }
 MODELS = {"opencode": "anthropic/claude-sonnet-4-5"}  # OpenCode's model names carry the provider
 
@@ -257,10 +275,11 @@ MODELS = {"opencode": "anthropic/claude-sonnet-4-5"}  # OpenCode's model names c
 def test_agent_edits_the_repository_and_pushes_its_branch(
     kube: Kube, services: Services, tmp_path: Path, agent: str
 ) -> None:
-    base_url_env, api_suffix = MODEL_ENDPOINTS[agent]
+    api_suffix, key_secret = MODEL_ENDPOINTS[agent]
     name = f"{agent}-edit"
     branch = f"taskyard/{name}"
     marker = f"run={name}"
+    agent_on_stub(kube, agent, services.model("edit", marker) + api_suffix, name)
     # 100 KiB, from a ConfigMap, starting with '-': it reaches the model as written, not as an option.
     prompt = "--fix: write hello.txt, then check it with a shell command.\n" + "context line\n" * 8_000
     kube.core.create_namespaced_config_map(
@@ -270,10 +289,9 @@ def test_agent_edits_the_repository_and_pushes_its_branch(
         kube,
         name,
         {
-            "agent": agent,
+            "agent": name,
             **({"model": MODELS[agent]} if agent in MODELS else {}),
             "promptFrom": {"configMapKeyRef": {"name": f"{name}-prompt", "key": "prompt"}},
-            "env": [{"name": base_url_env, "value": services.model("edit", marker) + api_suffix}],
             "repository": {
                 "url": services.git_url,
                 "branch": branch,
@@ -304,7 +322,8 @@ def test_agent_edits_the_repository_and_pushes_its_branch(
     assert "Done: wrote hello.txt" in result["summary"]
     asked = [r for r in model_requests(services, kube, marker) if r.get("api") in ("anthropic", "responses")]
     assert len(asked) >= 3
-    assert all(r["auth"] for r in asked)  # the key from the preset's Secret reached the model
+    # The key from the preset's Secret reached the model, through the proxy.
+    assert {r["key"] for r in asked} == {key_digest(key_secret)}
 
     # The log reads as lines, not as the CLI's JSON.
     log = job_logs(kube, name)
@@ -314,16 +333,16 @@ def test_agent_edits_the_repository_and_pushes_its_branch(
 
 @pytest.mark.parametrize("agent", sorted(MODEL_ENDPOINTS))
 def test_max_turns_stops_a_conversation_that_never_ends(kube: Kube, services: Services, agent: str) -> None:
-    base_url_env, api_suffix = MODEL_ENDPOINTS[agent]
+    api_suffix, _ = MODEL_ENDPOINTS[agent]
     name = f"{agent}-endless"
+    agent_on_stub(kube, agent, services.model("endless", f"run={name}") + api_suffix, name)
     run_task(
         kube,
         name,
         {
-            "agent": agent,
+            "agent": name,
             **({"model": MODELS[agent]} if agent in MODELS else {}),
             "prompt": "keep going",
-            "env": [{"name": base_url_env, "value": services.model("endless", f"run={name}") + api_suffix}],
             "limits": {"maxTurns": 3},
         },
     )
@@ -340,15 +359,8 @@ def test_max_turns_stops_a_conversation_that_never_ends(kube: Kube, services: Se
 def test_cancelling_stops_the_cli(kube: Kube, services: Services) -> None:
     name = "claude-code-cancel"
     marker = f"run={name}"
-    run_task(
-        kube,
-        name,
-        {
-            "agent": "claude-code",
-            "prompt": "take your time",
-            "env": [{"name": "ANTHROPIC_BASE_URL", "value": services.model("slow", marker)}],
-        },
-    )
+    agent_on_stub(kube, "claude-code", services.model("slow", marker), name)
+    run_task(kube, name, {"agent": name, "prompt": "take your time"})
     # The CLI is at work: the model asked it to run the long command.
     kube.wait_for(
         "the agent to run its long command",
@@ -356,6 +368,33 @@ def test_cancelling_stops_the_cli(kube: Kube, services: Services) -> None:
         timeout=AGENT_TIMEOUT,
         interval=1,
     )
+
+    # Meanwhile: the key is in the proxy's container only. The agent's environment has the proxy's
+    # address and a placeholder, and none of its files holds the key.
+    [pod] = [p.metadata.name for p in kube.pods(name)]
+    key = API_KEYS["taskyard-anthropic"]
+
+    def in_container(container: str, script: str) -> str:
+        return kube.cluster.kubectl(
+            "-n", kube.namespace, "exec", pod, "-c", container, "--", "sh", "-c", script, check=False
+        ).stdout
+
+    environment = in_container("agent", "cat /proc/self/environ | tr '\\0' '\\n'")
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:8484" in environment
+    assert "ANTHROPIC_API_KEY=taskyard-proxied" in environment and key not in environment
+    found = in_container(
+        "agent", f"grep -rls -e '{key}' /etc /home /tmp /workspace /run 2>/dev/null; echo done"
+    )
+    assert found.strip() == "done", found
+    # Every process of the agent's container: none has the key in its environment.
+    others = in_container("agent", "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; echo END")
+    assert others.rstrip().endswith("END") and "ANTHROPIC_BASE_URL=" in others and key not in others
+    proxy_env = in_container("credential-proxy", "cat /proc/1/environ | tr '\\0' '\\n'")
+    assert f"TASKYARD_PROXY_KEY={key}" in proxy_env.splitlines()
+    asked = model_requests(services, kube, marker)
+    assert asked and {r["key"] for r in asked if r.get("api") == "anthropic"} == {
+        key_digest("taskyard-anthropic")
+    }
     started = time.monotonic()
     kube.patch_task(name, {"spec": {"cancel": True}})
     status = final(kube, name, timeout=120)["status"]

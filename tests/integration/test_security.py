@@ -362,14 +362,28 @@ def test_a_task_may_name_only_secrets_its_author_may_read(
     assert kube.task_exists("by-alice")
 
 
+AGENT_SECRET_REFERENCES = {
+    "spec.envFrom[].secretRef": {"envFrom": [{"secretRef": {"name": "api-key"}}]},
+    "spec.credentialProxy.secretKeyRef": {
+        "credentialProxy": {
+            "upstream": "https://api.anthropic.com",
+            "auth": "x-api-key",
+            "secretKeyRef": {"name": "api-key", "key": "key"},
+            "baseUrlEnv": "ANTHROPIC_BASE_URL",
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("field", list(AGENT_SECRET_REFERENCES))
 def test_an_agent_may_name_only_secrets_its_author_may_read(
-    cluster: Cluster, kube: Kube, authors: str, policies: Policies
+    cluster: Cluster, kube: Kube, authors: str, policies: Policies, field: str
 ) -> None:
-    spec = {"image": "localhost/taskyard/shell:dev", "envFrom": [{"secretRef": {"name": "api-key"}}]}
+    spec = {"image": "localhost/taskyard/shell:dev", **AGENT_SECRET_REFERENCES[field]}
     bobs = manifest("Agent", "bobs", authors, spec=spec)
     eventually("an Agent by bob", lambda: create_as(cluster, "bob", bobs, dry_run=True), "may not get")
     error = create_as(cluster, "bob", bobs).stderr
-    assert "spec.envFrom[].secretRef names Secret api-key" in error
+    assert f"{field} names Secret api-key in namespace {authors}, which bob may not get" in error
     accepted = create_as(cluster, "alice", manifest("Agent", "alices", authors, spec=spec))
     assert accepted.returncode == 0, accepted.stderr
 
@@ -418,6 +432,27 @@ def test_a_task_may_not_replace_what_its_agent_sets(cluster: Cluster, kube: Kube
         for name, agent, variable in (("tune", "guarded", "LOG_LEVEL"), ("extra", "guarded", "EXTRA")):
             accepted = task(name, agent, variable)
             assert accepted.returncode == 0, accepted.stderr
+
+        # A credential proxy's variables are the Agent's too, whatever overridableEnv says.
+        proxied = {
+            "image": "localhost/taskyard/shell:dev",
+            "overridableEnv": ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"],
+            "credentialProxy": {
+                "upstream": "https://api.anthropic.com",
+                "auth": "x-api-key",
+                "secretKeyRef": {"name": "anthropic", "key": "api-key"},
+                "baseUrlEnv": "ANTHROPIC_BASE_URL",
+                "apiKeyEnv": "ANTHROPIC_API_KEY",
+            },
+        }
+        kube.create("Agent", "proxied", proxied)
+        for variable in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"):
+            error = eventually(
+                f"a Task replacing the proxy's {variable}",
+                lambda variable=variable: task("around-proxy", "proxied", variable, dry_run=True),
+                "overridableEnv",
+            )
+            assert f"spec.env sets {variable}, which Agent proxied sets itself" in error
     finally:
         cluster.kubectl("delete", "clusteragent", cluster_agent, "--wait=false", check=False)
 

@@ -437,18 +437,20 @@ def test_presets_are_valid_agents_that_reference_their_keys():
     for spec in agents.values():
         parse_agent_spec(spec)  # what the operator does at admission
     expected_keys = {
-        "claude-code": ("ANTHROPIC_API_KEY", "taskyard-anthropic"),
-        "gemini-cli": ("GEMINI_API_KEY", "taskyard-gemini"),
-        "codex": ("CODEX_API_KEY", "taskyard-openai"),
-        "opencode": ("ANTHROPIC_API_KEY", "taskyard-anthropic"),
-    }
-    for name, (variable, secret) in expected_keys.items():
-        env = {item["name"]: item for item in agents[name]["env"]}
-        assert env[variable] == {
-            "name": variable,
-            "valueFrom": {"secretKeyRef": {"name": secret, "key": "api-key"}},
-        }
+        "claude-code": ("ANTHROPIC_API_KEY", "taskyard-anthropic", "ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+        "gemini-cli": (
+            "GEMINI_API_KEY", "taskyard-gemini", "GOOGLE_GEMINI_BASE_URL", "https://generativelanguage.googleapis.com",
+        ),
+        "codex": ("CODEX_API_KEY", "taskyard-openai", "OPENAI_BASE_URL", "https://api.openai.com/v1"),
+        "opencode": ("ANTHROPIC_API_KEY", "taskyard-anthropic", "ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1"),
+    }  # fmt: skip
+    for name, (variable, secret, base_url, upstream) in expected_keys.items():
         spec = agents[name]
+        # The key goes to the credential proxy only; the agent's env never names the Secret.
+        proxy = spec["credentialProxy"]
+        assert proxy["secretKeyRef"] == {"name": secret, "key": "api-key"}
+        assert (proxy["apiKeyEnv"], proxy["baseUrlEnv"], proxy["upstream"]) == (variable, base_url, upstream)
+        assert "secretKeyRef" not in str(spec.get("env"))
         # taskyard's agent image, whose entrypoint runs the CLI: no command of the chart's own.
         assert spec["image"] == f"ghcr.io/taskyard/{name}:{chart_app_version()}"
         assert "command" not in spec and "args" not in spec
@@ -479,8 +481,17 @@ def test_preset_settings_pass_through():
     assert shell.scheduler_name == "volcano"
     claude_env = agents["claude-code"]["env"]
     assert [item["value"] for item in claude_env if item["name"] == "HOME"] == ["/home/agent"]
-    key = next(item for item in claude_env if item["name"] == "ANTHROPIC_API_KEY")
-    assert key["valueFrom"]["secretKeyRef"]["name"] == "my-key"
+    assert agents["claude-code"]["credentialProxy"]["secretKeyRef"]["name"] == "my-key"
+
+
+def test_without_the_proxy_a_preset_puts_its_key_into_the_agents_environment():
+    objects = render("agents.codex.enabled=true", "agents.codex.credentialProxy.enabled=false")
+    [codex] = [a["spec"] for a in of_kind(objects, "ClusterAgent") if a["metadata"]["name"] == "codex"]
+    assert "credentialProxy" not in codex
+    assert {
+        "name": "CODEX_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "taskyard-openai", "key": "api-key"}},
+    } in codex["env"]
 
 
 def test_metrics_endpoint_service_and_optional_service_monitor():
@@ -629,3 +640,15 @@ def test_denied_ranges_must_be_cidrs(value: str):
 def test_protected_namespaces_must_be_namespace_names(value: str):
     result = _run_helm("template", "t", str(CHART), "--set", f"protectedNamespaces={{{value}}}", check=False)
     assert result.returncode != 0 and "protectedNamespaces" in result.stderr
+
+
+def test_a_preset_may_not_set_what_its_credential_proxy_gives():
+    result = _run_helm(
+        "template", "t", str(CHART), "--set", "agents.claude-code.enabled=true",
+        "--set", "agents.claude-code.env[0].name=ANTHROPIC_BASE_URL",
+        "--set", "agents.claude-code.env[0].value=https://gateway.example",
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "agents.claude-code.env sets ANTHROPIC_BASE_URL or ANTHROPIC_API_KEY" in result.stderr
+    assert "credentialProxy.upstream" in result.stderr

@@ -1230,3 +1230,20 @@ def test_an_agent_the_runtime_could_not_start_fails_with_the_runtimes_message():
     assert (status["phase"], status["reason"]) == ("Failed", "ContainerCannotRun")
     assert status["message"] == f"the agent container could not be started: {runtime}"
     assert status["exitCode"] == 128
+
+
+def test_an_agent_waiting_for_its_credential_proxy_shows_the_proxys_trouble():
+    detail = 'secret "taskyard-anthropic" not found'
+    body = pod_body({"waiting": {"reason": "PodInitializing"}}, phase="Pending")
+    body["status"]["initContainerStatuses"] = [
+        {
+            "name": "credential-proxy",
+            "state": {"waiting": {"reason": "CreateContainerConfigError", "message": detail}},
+        }
+    ]
+    pod = PodView.from_body(body)
+    assert pod.waiting_reason == "CreateContainerConfigError"
+    assert pod.waiting_message == f"container credential-proxy: {detail}"
+    # A sidecar that is only starting is not trouble: the agent's own state shows.
+    body["status"]["initContainerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    assert PodView.from_body(body).waiting_reason == "PodInitializing"

@@ -1,12 +1,13 @@
 """Rendering a Task and its agent into a Job and a workspace claim."""
 
 import hashlib
+import json
 import re
 
 import pytest
 
 from taskyard import api
-from taskyard.api import parse_agent_spec, parse_task_spec
+from taskyard.api import SpecError, parse_agent_spec, parse_task_spec
 from taskyard.render import (
     TaskRef,
     default_egress,
@@ -541,6 +542,59 @@ def test_a_task_may_replace_only_the_agent_variables_it_lists_as_overridable():
     )
     assert refused_env_overrides(task, agent) == ["BASE_URL"]
     assert refused_env_overrides(task, parse_agent_spec({"image": "a"})) == []
+
+
+PROXIED = {
+    "image": "localhost/taskyard/claude-code:dev",
+    "credentialProxy": {
+        "upstream": "https://api.anthropic.com",
+        "auth": "x-api-key",
+        "secretKeyRef": {"name": "taskyard-anthropic", "key": "api-key"},
+        "baseUrlEnv": "ANTHROPIC_BASE_URL",
+        "apiKeyEnv": "ANTHROPIC_API_KEY",
+    },
+}
+
+
+def test_a_credential_proxy_holds_the_key_and_the_agent_only_a_placeholder():
+    job = render_job(
+        TaskRef("t", "ns", "uid", parse_task_spec({"agent": "a", "prompt": "p"})),
+        parse_agent_spec(PROXIED),
+        "a",
+    )
+    pod = job["spec"]["template"]["spec"]
+    [proxy] = pod["initContainers"]
+    [agent] = pod["containers"]
+    assert proxy["restartPolicy"] == "Always" and proxy["command"] == ["taskyard-credential-proxy"]
+    assert proxy["image"] == PROXIED["image"]
+    proxy_env = {e["name"]: e for e in proxy["env"]}
+    assert proxy_env["TASKYARD_PROXY_UPSTREAM"]["value"] == "https://api.anthropic.com"
+    assert proxy_env["TASKYARD_PROXY_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "taskyard-anthropic", "key": "api-key"}
+    }
+    assert "volumeMounts" not in proxy and proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["ANTHROPIC_BASE_URL"]["value"] == "http://127.0.0.1:8484"
+    assert env["ANTHROPIC_API_KEY"]["value"] == "taskyard-proxied"
+    assert env["NO_PROXY"]["value"] == "127.0.0.1,localhost"
+    assert "secretKeyRef" not in json.dumps(agent)  # the key reaches no variable of the agent's
+    assert "taskyard-anthropic" not in json.dumps(pod["volumes"])
+
+
+def test_an_agent_may_not_set_the_variables_its_proxy_gives():
+    with pytest.raises(SpecError, match=r"env sets ANTHROPIC_BASE_URL, which credentialProxy\.baseUrlEnv"):
+        parse_agent_spec({**PROXIED, "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://gateway"}]})
+
+
+def test_a_task_cannot_point_a_proxied_agent_elsewhere():
+    task = parse_task_spec(
+        {
+            "agent": "a",
+            "prompt": "p",
+            "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://attacker.example"}],
+        }
+    )
+    assert refused_env_overrides(task, parse_agent_spec(PROXIED)) == ["ANTHROPIC_BASE_URL"]
 
 
 # --- Egress policies --------------------------------------------------------------------------------------
