@@ -3,7 +3,7 @@
 # namespace taskyard-system, on images that the cluster can run.
 #   On the local cluster (.cluster/kubeconfig, or KUBECONFIG pointing at it): the images built here,
 #   which it builds and loads first (hack/images.sh).
-#   On any other kube context: IMAGE_REGISTRY=<registry> [IMAGE_TAG=<tag>] names where the images are
+#   On any other kube context: IMAGE_REGISTRY=<registry> [TAG=<tag>] names where the images are
 #   (pushed there with `make images-push REGISTRY=...`); the operator image is pulled once by a
 #   short-lived pod first, and the install is refused when the cluster cannot pull it.
 # HELM_ARGS passes further arguments to helm (e.g. "--set concurrency.total=10").
@@ -51,8 +51,8 @@ main() {
     [[ -n "${IMAGE_REGISTRY:-}" ]] || die "installing on $(kubectl config current-context): set IMAGE_REGISTRY to \
 the registry that holds taskyard's images (push them with: make images-push REGISTRY=<registry>)"
     registry="$IMAGE_REGISTRY"
-    tag="${IMAGE_TAG:-$(awk -F'"' '/^appVersion:/ {print $2}' "$REPO_ROOT/helm/taskyard/Chart.yaml")}"
-    kubectl create namespace "$RELEASE_NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+    tag="${TAG:-$(awk -F'"' '/^appVersion:/ {print $2}' "$REPO_ROOT/helm/taskyard/Chart.yaml")}"
+    kubectl get namespace "$RELEASE_NAMESPACE" >/dev/null 2>&1 || kubectl create namespace "$RELEASE_NAMESPACE" >/dev/null
     log "checking that the cluster can pull $registry/operator:$tag"
     image_pullable "$registry/operator:$tag" || die "the cluster cannot pull $registry/operator:$tag: push \
 the images with make images-push REGISTRY=$registry TAG=$tag, or give the nodes access to that registry"

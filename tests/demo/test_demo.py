@@ -47,6 +47,7 @@ def local(cluster: Cluster) -> Iterator[Cluster]:
 def test_make_demo_installs_the_chart_runs_hello_and_leaves_the_operator_running(local: Cluster) -> None:
     first = make("demo", local.kubeconfig)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Warning" not in first.stderr and "WARNING" not in first.stderr, first.stderr
     assert "hello from task hello" in first.stdout
     assert f"kubectl -n {DEMO_NAMESPACE} get ytask" in first.stdout  # what to try next
 
@@ -92,12 +93,14 @@ def test_make_install_elsewhere_needs_images_the_cluster_can_pull(local: Cluster
 
     unnamed = make("install", elsewhere)
     assert unnamed.returncode != 0
+    assert "Warning" not in unnamed.stderr
     assert "set IMAGE_REGISTRY to the registry that holds taskyard's images" in unnamed.stderr
     assert "make images-push REGISTRY=<registry>" in unnamed.stderr
 
     started = time.monotonic()
-    missing = make("install", elsewhere, IMAGE_REGISTRY="registry.invalid/taskyard", IMAGE_TAG="0.0.0")
+    missing = make("install", elsewhere, IMAGE_REGISTRY="registry.invalid/taskyard", TAG="0.0.0")
     assert missing.returncode != 0
     assert "the cluster cannot pull registry.invalid/taskyard/operator:0.0.0" in missing.stderr
     assert "make images-push REGISTRY=registry.invalid/taskyard TAG=0.0.0" in missing.stderr
     assert time.monotonic() - started < 240
+    assert "Warning" not in missing.stderr
