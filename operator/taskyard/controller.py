@@ -80,6 +80,7 @@ from taskyard.records import (
     project_task,
 )
 from taskyard.render import (
+    DEFAULT_EGRESS_POLICY,
     TaskRef,
     default_egress,
     job_name_for,
@@ -221,8 +222,6 @@ class Controller:
         self.log_followers = LogFollowers(self.api, self._followed_log_ready)
         # namespace -> when the agents' ServiceAccount was last made sure of there
         self.agent_accounts: dict[str, float] = {}
-        # (namespace, policy name) -> (the spec it was made sure to have, when): the agents' egress policies
-        self.egress_policies: dict[tuple[str, str], tuple[str, float]] = {}
         self.default_egress = default_egress(
             self.settings.egress_denied_cidrs, self.settings.egress_allow_dns
         )
@@ -746,39 +745,42 @@ class Controller:
         self.agent_accounts[namespace] = time.monotonic()
 
     async def _ensure_egress_policy(self, namespace: str, policy: dict[str, Any]) -> None:
-        """The NetworkPolicy that limits where the agent's pod may connect, in place before its Job: made
-        once per namespace and Agent, brought back in line when the Agent or the operator's settings change
-        it, and checked again after a while, so one deleted comes back. A policy of that name that is not
-        labelled as taskyard's is an administrator's, and is used as it is."""
+        """The NetworkPolicy that limits where the agent's pod may connect, in place before every Job:
+        read each time (one deleted, or a namespace made anew, must never let a pod out unrestricted),
+        created when missing, brought back in line when the Agent or the operator's settings change it.
+        A policy of that name that is not labelled as taskyard's is an administrator's, used as it is."""
         name = policy["metadata"]["name"]
         # The API server fills in defaults (a port's protocol), so what was asked for is compared by digest.
         wanted = hashlib.sha256(json.dumps(policy["spec"], sort_keys=True).encode()).hexdigest()[:16]
-        known = self.egress_policies.get((namespace, name))
-        if known and known[0] == wanted and time.monotonic() - known[1] < AGENT_ACCOUNT_RECHECK_SECONDS:
-            return
         metadata = {**policy["metadata"], "annotations": {ANNOTATION_SPEC_DIGEST: wanted}}
         policy = {**policy, "metadata": metadata}
         networking = client.NetworkingV1Api(self.api)
         try:
             try:
-                await send(networking.create_namespaced_network_policy, namespace, policy)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
                 existing = await networking.read_namespaced_network_policy(name, namespace)
-                labels = existing.metadata.labels or {}
-                digest = (existing.metadata.annotations or {}).get(ANNOTATION_SPEC_DIGEST)
-                if labels.get("app.kubernetes.io/managed-by") == "taskyard" and digest != wanted:
-                    policy["metadata"]["resourceVersion"] = existing.metadata.resource_version
-                    await send(networking.replace_namespaced_network_policy, name, namespace, policy)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                try:
+                    await send(networking.create_namespaced_network_policy, namespace, policy)
+                except ApiException as error:
+                    if error.status != 409:  # made by another worker meanwhile, from the same spec
+                        raise
+                return
+            labels = existing.metadata.labels or {}
+            digest = (existing.metadata.annotations or {}).get(ANNOTATION_SPEC_DIGEST)
+            if labels.get("app.kubernetes.io/managed-by") == "taskyard" and digest != wanted:
+                policy["metadata"]["resourceVersion"] = existing.metadata.resource_version
+                await send(networking.replace_namespaced_network_policy, name, namespace, policy)
         except ApiException as error:
             if error.status in (400, 422):
+                source = (
+                    "the operator's default egress" if name == DEFAULT_EGRESS_POLICY else "the Agent's egress"
+                )
                 raise EgressPolicyRejected(
-                    f"the API server rejected NetworkPolicy {name}, made from the Agent's egress rules: "
-                    f"{_api_reason(error)}"
+                    f"the API server rejected NetworkPolicy {name}, made from {source}: {_api_reason(error)}"
                 ) from None
             raise
-        self.egress_policies[(namespace, name)] = (wanted, time.monotonic())
 
     async def _create_owned(
         self, task: TaskRecord, kind: str, body: dict[str, Any], create: Any, read: Any

@@ -168,7 +168,24 @@ def _env(task: TaskRef, agent: AgentSpec) -> list[dict[str, Any]]:
     entries.extend(agent.env or [])
     entries.extend(_proxy_env(agent))
     entries.extend(spec.env or [])
-    return _merged_env(copy.deepcopy(entries))
+    merged = _merged_env(copy.deepcopy(entries))
+    return _bypassing_proxies_for_loopback(merged) if agent.credential_proxy is not None else merged
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def _bypassing_proxies_for_loopback(env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A CLI that honours HTTP(S)_PROXY must still reach the credential proxy beside it directly: the
+    loopback names join whatever NO_PROXY the Agent or Task sets."""
+    for entry in env:
+        if entry["name"] == "NO_PROXY" and "value" in entry:
+            hosts = [host for host in str(entry["value"]).split(",") if host.strip()]
+            entry["value"] = ",".join([*hosts, *(h for h in LOOPBACK_HOSTS if h not in hosts)])
+            return env
+    if not any(entry["name"] == "NO_PROXY" for entry in env):
+        env.append({"name": "NO_PROXY", "value": ",".join(LOOPBACK_HOSTS)})
+    return env
 
 
 def _repository_env(spec: TaskSpec) -> list[dict[str, Any]]:
@@ -329,8 +346,6 @@ def _proxy_env(agent: AgentSpec) -> list[dict[str, Any]]:
     entries = [{"name": proxy.base_url_env, "value": f"http://127.0.0.1:{api.PROXY_PORT}"}]
     if proxy.api_key_env:
         entries.append({"name": proxy.api_key_env, "value": api.PROXY_PLACEHOLDER_KEY})
-    # A CLI that honours HTTP(S)_PROXY must still talk to the proxy beside it directly.
-    entries.append({"name": "NO_PROXY", "value": "127.0.0.1,localhost"})
     return entries
 
 
@@ -514,7 +529,11 @@ DEFAULT_DENIED_CIDRS = (
     "fc00::/7",
     "fe80::/10",
 )
-DNS_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+# The cluster DNS of kube-system only: a pod elsewhere could wear the label and listen on port 53.
+DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
 
 
 def default_egress(denied_cidrs: Sequence[str], allow_dns: bool) -> list[dict[str, Any]]:

@@ -288,7 +288,7 @@ def test_the_operator_runs_tasks_on_its_own_token_within_the_policies(
 
 @pytest.fixture
 def authors(cluster: Cluster, kube: Kube) -> str:
-    """Group task-authors may create Tasks and Agents; only user alice may also read Secret api-key."""
+    """Group task-authors may create and change Tasks and Agents; only alice may also read Secret api-key."""
     ns = kube.namespace
     kube.core.create_namespaced_secret(
         ns, {"metadata": {"name": "api-key"}, "stringData": {"key": "sk-test", "token": "t"}}
@@ -299,7 +299,7 @@ def authors(cluster: Cluster, kube: Kube) -> str:
         "create",
         "role",
         "task-author",
-        "--verb=create,get,list",
+        "--verb=create,get,list,patch,update",
         "--resource=tasks.taskyard.dev,agents.taskyard.dev",
     )
     cluster.kubectl(
@@ -466,9 +466,9 @@ def test_only_who_may_write_network_policies_may_give_an_agent_egress_rules(
     eventually("an Agent by bob", lambda: create_as(cluster, "bob", bobs, dry_run=True), "NetworkPolicies")
     error = create_as(cluster, "bob", bobs).stderr
     assert (
-        f"spec.egress becomes a NetworkPolicy, and bob may not create NetworkPolicies in namespace {authors}"
-        in (error)
-    )
+        "spec.egress becomes a NetworkPolicy: setting, changing or removing it needs the right to create"
+        f" NetworkPolicies in namespace {authors}, which bob does not have"
+    ) in error
     plain = create_as(cluster, "bob", manifest("Agent", "bobs-plain", authors, spec={"image": spec["image"]}))
     assert plain.returncode == 0, plain.stderr  # without egress, the default applies
     cluster.kubectl(
@@ -477,5 +477,16 @@ def test_only_who_may_write_network_policies_may_give_an_agent_egress_rules(
     cluster.kubectl(
         "-n", authors, "create", "rolebinding", "carol-netpol", "--role=netpol-writer", "--user=carol"
     )
-    accepted = create_as(cluster, "carol", manifest("Agent", "carols-open", authors, spec=spec))
+    sealed = manifest("Agent", "sealed", authors, spec={**spec, "egress": []})  # nothing allowed
+    accepted = create_as(cluster, "carol", sealed)
     assert accepted.returncode == 0, accepted.stderr
+
+    # Removing carol's egress would give the Agent the default (the internet): bob may not.
+    remove = '[{"op":"remove","path":"/spec/egress"}]'
+    removal = cluster.kubectl(
+        "-n", authors, "patch", "agent", "sealed", "--type=json", "-p", remove,
+        "--as=bob", "--as-group=task-authors", check=False,
+    )  # fmt: skip
+    assert "setting, changing or removing it needs the right" in removal.stderr
+    stored = json.loads(cluster.kubectl("-n", authors, "get", "agent", "sealed", "-o", "json").stdout)
+    assert stored["spec"]["egress"] == []

@@ -552,7 +552,14 @@ def test_admission_policies_and_their_bindings_are_installed_by_default():
         "parameterNotFoundAction": "Allow",
     }
     assert all(p["spec"]["failurePolicy"] == "Fail" for p in policies(objects).values())
-    assert not of_kind(render("admissionPolicies.enabled=false"), "ValidatingAdmissionPolicy")
+    off = render("admissionPolicies.enabled=false", "networkPolicy.enabled=false")
+    assert not of_kind(off, "ValidatingAdmissionPolicy")
+
+
+def test_egress_policies_need_the_admission_policy_that_guards_agent_egress():
+    result = _run_helm("template", "t", str(CHART), "--set", "admissionPolicies.enabled=false", check=False)
+    assert result.returncode != 0
+    assert "networkPolicy.enabled needs admissionPolicies.enabled" in result.stderr
 
 
 def test_the_operator_policy_binds_the_operators_own_account_and_protects_namespaces():

@@ -572,37 +572,59 @@ def test_a_task_may_not_replace_what_its_agent_sets_unless_the_agent_lets_it():
     run(scenario())
 
 
-def test_the_egress_policy_is_in_place_before_the_job_and_made_once_per_namespace_and_agent():
+def test_the_egress_policy_is_read_before_every_job_and_made_again_when_it_is_gone():
     async def scenario() -> None:
         async with FakeApi() as fake:
             patches: list[tuple[str, dict]] = []
             status_api(fake, patches)
             fake.route(CONFIG_MAPS, created())
-            calls: list[tuple[str, dict]] = []
+            calls: list[str] = []
+            stored: dict[str, dict] = {}
 
-            def recording(kind: str):
-                async def handler(request: web.Request) -> web.StreamResponse:
-                    calls.append((kind, json.loads(await request.read())))
-                    return web.json_response(calls[-1][1], status=201)
+            async def job(request: web.Request) -> web.StreamResponse:
+                calls.append("create Job")
+                return web.json_response(json.loads(await request.read()), status=201)
 
-                return handler
+            async def create_policy(request: web.Request) -> web.StreamResponse:
+                body = json.loads(await request.read())
+                calls.append("create NetworkPolicy")
+                stored[body["metadata"]["name"]] = body
+                return web.json_response(body, status=201)
 
-            fake.route(JOBS, recording("Job"))
-            fake.route(NETWORK_POLICIES, recording("NetworkPolicy"))
+            async def read_policy(request: web.Request) -> web.StreamResponse:
+                calls.append("read NetworkPolicy")
+                if "taskyard-agents" not in stored:
+                    return web.json_response({"kind": "Status", "code": 404}, status=404)
+                return web.json_response(stored["taskyard-agents"])
+
+            fake.route(JOBS, job)
+            fake.route(NETWORK_POLICIES, create_policy)
+            fake.route(f"{NETWORK_POLICIES}/taskyard-agents", read_policy)
             controller = controller_for(fake)
             for name in ("one", "two"):
                 fake.status_route(name)
                 add_task(controller, task_body(name))
             for key in controller.admit():
                 await controller.reconcile(key)
-            assert [kind for kind, _ in calls] == ["NetworkPolicy", "Job", "Job"]
-            policy = calls[0][1]
-            assert policy["metadata"]["name"] == "taskyard-agents"
+            assert calls == [
+                "read NetworkPolicy", "create NetworkPolicy", "create Job",
+                "read NetworkPolicy", "create Job",
+            ]  # fmt: skip
+            policy = stored["taskyard-agents"]
             assert policy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "taskyard"
             assert policy["metadata"]["annotations"]["taskyard.dev/spec-digest"]
             assert policy["spec"]["policyTypes"] == ["Egress"]
             denied = policy["spec"]["egress"][-1]["to"][0]["ipBlock"]
             assert denied["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in denied["except"]
+
+            # Deleted (or its namespace made anew): the next Job does not start without it.
+            stored.clear()
+            calls.clear()
+            fake.status_route("three")
+            add_task(controller, task_body("three"))
+            for key in controller.admit():
+                await controller.reconcile(key)
+            assert calls == ["read NetworkPolicy", "create NetworkPolicy", "create Job"]
             await controller.api.close()
 
     run(scenario())
@@ -653,9 +675,6 @@ def test_an_outdated_egress_policy_of_ours_is_replaced_and_an_administrators_is_
             replaced: list[dict] = []
             labels = {"app.kubernetes.io/managed-by": "taskyard"} if owner == "taskyard" else {}
 
-            async def exists(request: web.Request) -> web.StreamResponse:
-                return web.json_response({"kind": "Status", "code": 409}, status=409)
-
             async def existing(request: web.Request) -> web.StreamResponse:
                 if request.method == "PUT":
                     replaced.append(json.loads(await request.read()))
@@ -669,7 +688,6 @@ def test_an_outdated_egress_policy_of_ours_is_replaced_and_an_administrators_is_
                 }
                 return web.json_response({"metadata": metadata, "spec": {"podSelector": {}}})
 
-            fake.route(NETWORK_POLICIES, exists)
             fake.route(f"{NETWORK_POLICIES}/taskyard-agents", existing)
             controller = controller_for(fake)
             add_task(controller, task_body("t"))

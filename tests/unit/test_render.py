@@ -581,6 +581,25 @@ def test_a_credential_proxy_holds_the_key_and_the_agent_only_a_placeholder():
     assert "taskyard-anthropic" not in json.dumps(pod["volumes"])
 
 
+@pytest.mark.parametrize(
+    ("agent_env", "task_env", "expected"),
+    [
+        ([], [], "127.0.0.1,localhost"),
+        ([{"name": "NO_PROXY", "value": "internal.example"}], [], "internal.example,127.0.0.1,localhost"),
+        ([], [{"name": "NO_PROXY", "value": "localhost,.svc"}], "localhost,.svc,127.0.0.1"),
+    ],
+)
+def test_the_proxy_beside_the_agent_is_always_reached_directly(agent_env, task_env, expected):
+    task = parse_task_spec({"agent": "a", "prompt": "p", "env": task_env})
+    agent = parse_agent_spec({**PROXIED, "env": agent_env, "overridableEnv": ["NO_PROXY"]})
+    job = render_job(TaskRef("t", "ns", "uid", task), agent, "a")
+    [no_proxy] = [
+        e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "NO_PROXY"
+    ]
+    assert no_proxy["value"] == expected
+    assert refused_env_overrides(task, agent) == []  # NO_PROXY is the Agent's and Task's to extend
+
+
 def test_an_agent_may_not_set_the_variables_its_proxy_gives():
     with pytest.raises(SpecError, match=r"env sets ANTHROPIC_BASE_URL, which credentialProxy\.baseUrlEnv"):
         parse_agent_spec({**PROXIED, "env": [{"name": "ANTHROPIC_BASE_URL", "value": "https://gateway"}]})
@@ -603,7 +622,12 @@ def test_a_task_cannot_point_a_proxied_agent_elsewhere():
 def test_the_default_egress_allows_dns_and_everything_outside_the_denied_ranges_per_family():
     rules = default_egress(["10.0.0.0/8", "169.254.0.0/16", "fc00::/7"], allow_dns=True)
     dns, outside = rules
-    assert dns["to"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
     assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
     assert outside == {
         "to": [

@@ -69,6 +69,9 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and .Values.networkPolicy.enabled (not .Values.admissionPolicies.enabled) -}}
+{{- fail "networkPolicy.enabled needs admissionPolicies.enabled: without its policy anyone who may write an Agent could open its egress (spec.egress becomes a NetworkPolicy); set networkPolicy.enabled=false as well, or keep the admission policies" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The rules the operator needs on namespaced resources: in a ClusterRole (scope cluster) or in a
