@@ -116,6 +116,12 @@ def _cidrs(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
             check_cidr(cidr)
         except ValueError as error:
             raise ValueError(f"{name}: {error} (a comma-separated list is expected)") from None
+        if cidr.endswith("/0"):
+            # An exception as wide as its block is refused by the API server: every Task would fail.
+            raise ValueError(
+                f"{name}: {cidr!r} would deny every address; to allow agents nothing, give their Agents "
+                "egress: [] instead"
+            )
     return ranges
 
 

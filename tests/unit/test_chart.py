@@ -635,7 +635,7 @@ def test_a_preset_may_replace_the_default_egress():
     assert "egress" not in default["spec"]
 
 
-@pytest.mark.parametrize("value", ["10.0.0.0", "ten/8"])
+@pytest.mark.parametrize("value", ["10.0.0.0", "ten/8", "0.0.0.0/0"])
 def test_denied_ranges_must_be_cidrs(value: str):
     result = _run_helm(
         "template", "t", str(CHART), "--set", f"networkPolicy.deniedCIDRs={{{value}}}", check=False

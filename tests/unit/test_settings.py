@@ -183,3 +183,31 @@ def test_control_loop_settings_are_read(name, raw, field, value):
 def test_bad_control_loop_settings_name_the_variable(name, raw):
     with pytest.raises(ValueError, match=rf"^{name}={raw!r}: expected"):
         OperatorSettings.from_env({name: raw})
+
+
+def test_egress_settings_are_read():
+    settings = OperatorSettings.from_env(
+        {
+            "TASKYARD_EGRESS_POLICY": "false",
+            "TASKYARD_EGRESS_DENIED_CIDRS": "10.0.0.0/8, fd00::/8",
+            "TASKYARD_EGRESS_ALLOW_DNS": "False",
+        }
+    )
+    assert settings.egress_policy is False and settings.egress_allow_dns is False
+    assert settings.egress_denied_cidrs == ("10.0.0.0/8", "fd00::/8")
+    assert OperatorSettings.from_env({}).egress_policy is True
+    assert "169.254.0.0/16" in OperatorSettings.from_env({}).egress_denied_cidrs
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TASKYARD_EGRESS_POLICY": "yes"}, "TASKYARD_EGRESS_POLICY='yes': expected true or false"),
+        ({"TASKYARD_EGRESS_DENIED_CIDRS": "10.0.0.1"}, "'10.0.0.1' has no prefix length"),
+        ({"TASKYARD_EGRESS_DENIED_CIDRS": "10.0.0.0/8,nope"}, "'nope' is not a CIDR"),
+        ({"TASKYARD_EGRESS_DENIED_CIDRS": "0.0.0.0/0"}, "would deny every address"),
+    ],
+)
+def test_bad_egress_settings_name_the_variable_and_what_is_accepted(env, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        OperatorSettings.from_env(env)
