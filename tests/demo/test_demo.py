@@ -4,44 +4,17 @@ where the images cannot be pulled. Runs after the e2e tier, whose release it wou
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_KUBECONFIG, REPO_ROOT, Cluster, helm_binary
+from tests.conftest import Cluster, helm_binary
+from tests.demo.conftest import DEMO_NAMESPACE, make
 
 pytestmark = pytest.mark.demo
-
-DEMO_NAMESPACE = "taskyard-demo"
-
-
-def make(target: str, kubeconfig: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "-C", str(REPO_ROOT), target],
-        env={**os.environ, "KUBECONFIG": str(kubeconfig), **env},
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-
-
-@pytest.fixture(scope="module")
-def local(cluster: Cluster) -> Iterator[Cluster]:
-    """The local cluster; the demo's release and namespace are removed afterwards."""
-    if cluster.kubeconfig.resolve() != LOCAL_KUBECONFIG.resolve():
-        pytest.fail("make demo installs the locally built images: run this tier on the local cluster")
-    yield cluster
-    helm = [helm_binary(), f"--kubeconfig={cluster.kubeconfig}"]
-    subprocess.run(
-        [*helm, "uninstall", "taskyard", "-n", "taskyard-system", "--wait"], capture_output=True, timeout=300
-    )
-    for namespace in (DEMO_NAMESPACE, "taskyard-system", "taskyard-demo-after"):
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_make_demo_installs_the_chart_runs_hello_and_leaves_the_operator_running(local: Cluster) -> None:
