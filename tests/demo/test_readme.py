@@ -64,6 +64,11 @@ def user_shell(local: Cluster, tmp_path: Path) -> Iterator[dict[str, str]]:
     local.kubectl("-n", "default", "delete", "serviceaccount", "taskyard-agent", check=False)
 
 
+def as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a run started in the background (CI) inherits SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     patience = next((seconds for start, seconds in FOLLOWING.items() if command.startswith(start)), None)
     if patience is not None:  # stopped as a user stops it: Ctrl-C
@@ -76,6 +81,7 @@ def run(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedPro
             stdout=pipe,
             stderr=pipe,
             start_new_session=True,
+            preexec_fn=as_in_a_terminal,
         )
         try:
             out, err = process.communicate(timeout=patience)
