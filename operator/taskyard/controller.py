@@ -150,6 +150,7 @@ class Reservation:
     agent: ResolvedAgent
     job_name: str
     at: float  # monotonic
+    decided_at: datetime  # wall clock, strictly increasing across decisions (see _admission_stamp)
     created: bool = False
 
 
@@ -213,6 +214,7 @@ class Controller:
         )
         self.waiting = WaitingQueue()
         self.reserved: dict[str, Reservation] = {}
+        self._last_admission_stamp = datetime.min.replace(tzinfo=UTC)
         # Status as last written, until the watch delivers that write: the operator is the only writer
         # of status, so this is never older than what the cache shows.
         self.written: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -516,11 +518,23 @@ class Controller:
             task, agent = chosen_agents[(entry.namespace, entry.name)]
             # Out of the waiting queue while it holds a reservation; a Job creation that fails gives the
             # reservation back, and the Task's next reconcile puts it back in line (_wait_in_line).
-            self.reserved[task.uid] = Reservation(task.namespace, agent, job_name_for(task.name), now)
+            self.reserved[task.uid] = Reservation(
+                task.namespace, agent, job_name_for(task.name), now, self._admission_stamp()
+            )
             self.waiting.remove(task.uid)
             self.queue.add(task.key)
             keys.append(task.key)
         return keys
+
+    def _admission_stamp(self) -> datetime:
+        """The wall-clock time of an admission decision, later than every earlier one.
+
+        One pass admits several Tasks within microseconds; stamps that could tie or (with a clock step)
+        go backwards would make `taskyard.dev/admitted-at` misstate the order the Tasks were admitted in.
+        """
+        stamp = max(datetime.now(UTC), self._last_admission_stamp + timedelta(microseconds=1))
+        self._last_admission_stamp = stamp
+        return stamp
 
     def _candidates(
         self, now: float, resolved: dict[tuple[str, str], tuple[TaskRecord, ResolvedAgent]]
@@ -642,8 +656,7 @@ class Controller:
         annotations = job["metadata"].setdefault("annotations", {})
         annotations[ANNOTATION_AGENT_REF] = reservation.agent.ref
         # The moment of the admission decision, not of this create: a worker can reach it seconds later.
-        admitted_at = datetime.now(UTC) - timedelta(seconds=time.monotonic() - reservation.at)
-        annotations[ANNOTATION_ADMITTED_AT] = admitted_at.isoformat(timespec="microseconds")
+        annotations[ANNOTATION_ADMITTED_AT] = reservation.decided_at.isoformat(timespec="microseconds")
         job["spec"]["template"]["metadata"].setdefault("annotations", {})[ANNOTATION_AGENT_REF] = (
             reservation.agent.ref
         )
