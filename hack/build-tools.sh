@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the non-Kubernetes binaries of the local cluster through the Go module proxy:
-# etcd, helm, kube-router (NetworkPolicy enforcement) and the local-path provisioner (dynamic PVCs); with the argument `kwok`, only kwok
-# (simulated nodes for the benchmark). Each is cached by version.
+# etcd, helm, kube-router (NetworkPolicy enforcement) and the local-path provisioner (dynamic PVCs).
+# With the argument `kwok`, only kwok (simulated nodes for the benchmark); with `registry`, only
+# go-containerregistry's registry (a registry in memory that the tests push images to). Each is cached
+# by version.
 source "$(dirname "$0")/lib.sh"
 ensure_go_env
 
@@ -23,6 +25,11 @@ build_with_wrapper() {
 
 if [[ "${1:-}" == kwok ]]; then
   build_with_wrapper "$KWOK_BIN" sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok
+  exit 0
+fi
+if [[ "${1:-}" == registry ]]; then
+  build_with_wrapper "$REGISTRY_BIN" github.com/google/go-containerregistry "$GGCR_VERSION" \
+    github.com/google/go-containerregistry/cmd/registry registry
   exit 0
 fi
 

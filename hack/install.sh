@@ -70,6 +70,7 @@ the registry that holds taskyard's images (push them with: make images-push REGI
     kubectl get namespace "$RELEASE_NAMESPACE" >/dev/null 2>&1 || kubectl create namespace "$RELEASE_NAMESPACE" >/dev/null
     log "checking that the cluster can pull $registry/operator:$tag"
     [[ -n "${IMAGE_PULL_SECRET:-}" ]] && values+=(--set "imagePullSecrets[0].name=$IMAGE_PULL_SECRET")
+    values+=(--set "agents.shell.image=$registry/shell:$tag")  # pushed with the others
     image_pullable "$registry/operator:$tag" || die "the cluster cannot pull $registry/operator:$tag: push \
 the images with make images-push REGISTRY=$registry TAG=$tag, or give the nodes access to that registry"
   fi

@@ -14,6 +14,7 @@ HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 LOCAL_PATH_PROVISIONER_VERSION="${LOCAL_PATH_PROVISIONER_VERSION:-v0.0.30}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}" # simulated nodes, for `make bench` only
 KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}" # its firewall only: NetworkPolicy enforcement
+GGCR_VERSION="${GGCR_VERSION:-v0.22.1}" # go-containerregistry's registry, for the image-push tests only
 
 # Build caches live outside the repository so a fresh clone reuses them.
 TASKYARD_CACHE="${TASKYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/taskyard}"
@@ -23,6 +24,7 @@ HELM_BIN="$TASKYARD_CACHE/helm-$HELM_VERSION/bin"
 LPP_BIN="$TASKYARD_CACHE/local-path-provisioner-$LOCAL_PATH_PROVISIONER_VERSION/bin"
 KWOK_BIN="$TASKYARD_CACHE/kwok-$KWOK_VERSION/bin"
 KUBE_ROUTER_BIN="$TASKYARD_CACHE/kube-router-$KUBE_ROUTER_VERSION/bin"
+REGISTRY_BIN="$TASKYARD_CACHE/registry-$GGCR_VERSION/bin"
 VENV="${TASKYARD_VENV:-$REPO_ROOT/.venv}"
 
 # Cluster state (certificates, data, logs, pids) is per checkout and git-ignored.

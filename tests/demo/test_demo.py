@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Cluster, helm_binary
 from tests.demo.conftest import DEMO_NAMESPACE, make
 
-pytestmark = pytest.mark.demo
+pytestmark = [pytest.mark.demo, pytest.mark.exclusive]  # the release watches every namespace
 
 
 def test_make_demo_installs_the_chart_runs_hello_and_leaves_the_operator_running(local: Cluster) -> None:

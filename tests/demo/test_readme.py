@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO_ROOT, Cluster, _kubectl_binary_dir
 from tests.demo.conftest import make
 
-pytestmark = pytest.mark.demo
+pytestmark = [pytest.mark.demo, pytest.mark.exclusive]  # the release watches every namespace
 
 README = REPO_ROOT / "README.md"
 RUN_SECTIONS = ("## Use it",)  # with its subsection "The taskyard command"

@@ -28,7 +28,7 @@ from tests.conftest import REPO_ROOT, Cluster
 from tests.e2e.conftest import Release
 from tests.integration.conftest import Kube
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.exclusive]  # the release watches every namespace
 
 HERE = Path(__file__).parent
 AGENT_BASE_IMAGE = "localhost/taskyard/agent-base:dev"

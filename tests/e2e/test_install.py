@@ -13,7 +13,7 @@ from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster
 from tests.e2e.conftest import CHART, Release
 from tests.integration.conftest import Kube
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.exclusive]  # the release watches every namespace
 
 
 @pytest.fixture

@@ -71,6 +71,7 @@ def test_connections_reset_during_a_burst(
     assert operator.process.poll() is None
 
 
+@pytest.mark.exclusive  # every other test's calls would fail while the API server is down
 def test_api_server_killed_and_restarted_mid_run(kube: Kube, shell_agent: str, operator) -> None:
     first = create_tasks(kube, shell_agent, "first", 10, "sleep 3; echo done")
     kube.wait_for("some Tasks to run", lambda: len(kube.jobs()) >= 3, timeout=60)

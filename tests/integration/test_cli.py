@@ -285,7 +285,7 @@ def test_kubectl_runs_it_as_a_plugin(kube: Kube, shell_agent: str, operator: Ope
 def test_logs_follow_a_running_task_and_read_it_afterwards(
     kube: Kube, shell_agent: str, operator: OperatorProcess
 ) -> None:
-    kube.create("Task", "talker", {"agent": shell_agent, "prompt": "echo first; sleep 6; echo second"})
+    kube.create("Task", "talker", {"agent": shell_agent, "prompt": "echo first; sleep 20; echo second"})
     kube.wait_for("the agent to run", lambda: agent_running(kube, "talker"))
 
     process = start_taskyard(kube, "logs", "talker", "-f")

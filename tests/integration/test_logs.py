@@ -62,7 +62,8 @@ def test_a_timed_out_agent_keeps_what_it_prints_in_its_grace_period(
     script = (
         "trap 'echo saving; sleep 2; echo saved; exit 3' TERM; echo progress; while true; do sleep 1; done"
     )
-    kube.create("Task", "wrapping", {"agent": shell_agent, "prompt": script, "timeout": "6s"})
+    # Long enough for the pod to start on a busy node: the deadline counts from the Job's start.
+    kube.create("Task", "wrapping", {"agent": shell_agent, "prompt": script, "timeout": "20s"})
 
     task = kube.wait_for_phase("wrapping", "Failed", timeout=90)
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 API_SERVICE = ("10.0.0.1", 443)  # the `kubernetes` Service: the API server, behind kube-proxy
 NODE = ("10.244.0.1", 6443)  # the node's own address: the API server, directly
-ENFORCER_DELAY_SECONDS = 5
+ENFORCER_PATIENCE_SECONDS = 60
 RESTRICTED = {
     "runAsNonRoot": True,
     "runAsUser": 65532,
@@ -102,8 +102,14 @@ def outcomes(output: str) -> dict[str, str]:
 
 def probe_from_task(kube: Kube, name: str, agent: str, script: str) -> dict[str, str]:
     # kube-router programs a new pod's rules when it sees the pod's address, a moment after the pod
-    # starts (docs/security.md says how long): the probes start after that.
-    kube.create("Task", name, {"agent": agent, "prompt": f"sleep {ENFORCER_DELAY_SECONDS}\n{script}"})
+    # starts (docs/security.md says how long; longer on a busy node): the probes start once the node,
+    # which no policy of these tests opens, stops answering, or after a minute without that.
+    address, port = NODE
+    wait = (
+        f"end=$(($(date +%s) + {ENFORCER_PATIENCE_SECONDS}))\n"
+        f"while [ $(date +%s) -lt $end ] && timeout 3 nc -w 2 {address} {port} </dev/null 2>/dev/null; do sleep 1; done\n"
+    )
+    kube.create("Task", name, {"agent": agent, "prompt": wait + script})
     task = kube.wait_for_phase(name, "Succeeded", timeout=180)
     return outcomes(task["status"]["logTail"])
 

@@ -82,7 +82,7 @@ def test_a_task_with_a_ttl_is_deleted_after_it_finished_and_others_stay(
         "Task", "ephemeral", {"agent": shell_agent, "prompt": "echo gone", "ttlSecondsAfterFinished": 3}
     )
     kube.create("Task", "record", {"agent": shell_agent, "prompt": "echo stays"})
-    kube.wait_for_phase("record", "Succeeded", timeout=90)
+    kube.wait_for_phase("record", "Succeeded", timeout=180)
     kube.wait_for("the Task with a TTL to be deleted", lambda: not kube.task_exists("ephemeral"), timeout=60)
     kube.wait_for("its Job to go with it", lambda: not kube.jobs("ephemeral"), timeout=60)
     assert kube.task("record")["status"]["phase"] == "Succeeded"  # no TTL, no default: it stays
