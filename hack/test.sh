@@ -18,6 +18,12 @@ log "lint and generated files"
 if [[ "${TASKYARD_KEEP_CLUSTER:-0}" != 1 ]]; then
   trap '"$REPO_ROOT/hack/cluster-down.sh"' EXIT
 fi
+# The operator and agent images the later tiers need are built meanwhile: mostly downloads (Debian,
+# PyPI, npm) while the cluster's build is mostly compiling. The tests that use them take the same
+# lock, so they wait for this build and find the images up to date.
+images_log=$(mktemp)
+log "building the operator and agent images in the background (log: $images_log)"
+"$REPO_ROOT/hack/images.sh" operator agents >"$images_log" 2>&1 &
 "$REPO_ROOT/hack/cluster-up.sh"
 
 cd "$REPO_ROOT"
@@ -25,6 +31,14 @@ workers="${TEST_WORKERS:-4}"
 parallel=()
 [[ "$workers" -gt 1 ]] && parallel=(-n "$workers" --dist worksteal)
 status=0
+if [[ " ${PYTEST_ARGS:-} " == *" -m "* ]]; then
+  # A selection of the caller's own: one pass, one test at a time (it may mix exclusive ones in).
+  log "the tests PYTEST_ARGS selects, one at a time"
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pytest --kubeconfig "$KUBECONFIG_PATH" ${PYTEST_ARGS} || status=$?
+  wait || true
+  exit "$status"
+fi
 log "tests that share the cluster ($workers at a time)"
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pytest --kubeconfig "$KUBECONFIG_PATH" "${parallel[@]}" -m "not exclusive" \
@@ -33,4 +47,5 @@ log "tests that need the cluster to themselves (one at a time)"
 # shellcheck disable=SC2086
 "$VENV/bin/python" -m pytest --kubeconfig "$KUBECONFIG_PATH" -m exclusive --durations=10 \
   ${PYTEST_ARGS:-} || { rc=$?; [[ $rc -eq 5 ]] || status=$rc; }
+wait || { log "the background image build failed:"; cat "$images_log" >&2; }
 exit "$status"  # 5 (no tests) in one pass is fine: PYTEST_ARGS may select tests of one pass only

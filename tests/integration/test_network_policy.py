@@ -107,7 +107,8 @@ def probe_from_task(kube: Kube, name: str, agent: str, script: str) -> dict[str,
     address, port = NODE
     wait = (
         f"end=$(($(date +%s) + {ENFORCER_PATIENCE_SECONDS}))\n"
-        f"while [ $(date +%s) -lt $end ] && timeout 3 nc -w 2 {address} {port} </dev/null 2>/dev/null; do sleep 1; done\n"
+        f"while [ $(date +%s) -lt $end ] && timeout 3 nc -w 2 {address} {port} </dev/null 2>/dev/null\n"
+        "do sleep 1; done\n"
     )
     kube.create("Task", name, {"agent": agent, "prompt": wait + script})
     task = kube.wait_for_phase(name, "Succeeded", timeout=180)
