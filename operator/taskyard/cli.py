@@ -894,6 +894,18 @@ def build_parser(prog: str = "taskyard") -> argparse.ArgumentParser:
     )
     summary.add_argument("-A", "--all-namespaces", action="store_true", help="Tasks of every namespace")
     summary.set_defaults(handler=cmd_stats)
+
+    serve = commands.add_parser(
+        "serve",
+        parents=[common],
+        help="run the task API (and dashboard) on this machine",
+        description="Serve the task API (docs/api-http.md) against the kubeconfig's cluster. Callers "
+        "send their own Kubernetes bearer token; the kubeconfig only says where the API server is.",
+    )
+    from taskyard.web.__main__ import add_serve_options
+
+    add_serve_options(serve)
+    serve.set_defaults(handler=None)
     return parser
 
 
@@ -912,6 +924,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("run: give the prompt as an argument, or with -f FILE, or - for stdin (exactly one)")
     # urllib3 logs each retry as a warning; the error we print says it better, in one line.
     logging.getLogger("urllib3").setLevel(logging.CRITICAL)
+    if args.command == "serve":
+        from taskyard.web.__main__ import run as serve
+
+        try:
+            return serve(args, args.kubeconfig, args.context)
+        except ConfigException as error:
+            _fail(f"unusable kubeconfig: {one_line(error)}")
+            return EXIT_ERROR
     server = "(unknown)"
     try:
         connection = connect(args.kubeconfig, args.context)

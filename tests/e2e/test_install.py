@@ -29,8 +29,9 @@ def hello_task() -> dict:
 
 def test_operator_pod_is_ready_and_runs_the_hello_task(kube: Kube, release: Release) -> None:
     pods = kube.cluster.kubectl(
-        "-n", release.namespace, "get", "pods", "-l", "app.kubernetes.io/name=taskyard", "-o", "json"
-    )
+        "-n", release.namespace, "get", "pods", "-o", "json",
+        "-l", "app.kubernetes.io/name=taskyard,app.kubernetes.io/component=operator",
+    )  # fmt: skip
     [pod] = json.loads(pods.stdout)["items"]
     assert all(c["ready"] for c in pod["status"]["containerStatuses"])
 
@@ -40,6 +41,55 @@ def test_operator_pod_is_ready_and_runs_the_hello_task(kube: Kube, release: Rele
     assert "hello from task hello" in task["status"]["logTail"]
     logs = kube.cluster.kubectl("-n", kube.namespace, "logs", "job/hello").stdout
     assert logs.startswith(f"hello from task hello ({task['metadata']['uid']})")
+
+
+def test_the_task_api_of_the_release_answers_as_its_caller(kube: Kube, release: Release) -> None:
+    # From a pod of the cluster, through the release's Service, with a ServiceAccount's token.
+    api = f"{release.name}-api"
+    kube.cluster.kubectl("-n", release.namespace, "rollout", "status", f"deployment/{api}", "--timeout=180s")
+    cluster, namespace = kube.cluster, kube.namespace
+    cluster.kubectl("-n", namespace, "create", "serviceaccount", "reader")
+    cluster.kubectl(
+        "-n", namespace, "create", "role", "reader", "--verb=get,list", "--resource=tasks.taskyard.dev"
+    )
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=reader",
+        f"--serviceaccount={namespace}:reader",
+    )
+    token = cluster.kubectl("-n", namespace, "create", "token", "reader").stdout.strip()
+    kube.cluster.kubectl("-n", kube.namespace, "apply", "-f", "-", input=json.dumps(hello_task()))
+    kube.wait_for_phase("hello", "Succeeded", timeout=180)
+    address = cluster.kubectl(
+        "-n", release.namespace, "get", "service", api, "-o", "jsonpath={.spec.clusterIP}"
+    )
+    url = f"http://{address.stdout}:9090"  # by address: the local cluster runs no DNS
+    script = (
+        f"wget -qO- --header 'Authorization: Bearer {token}' {url}/v1/tasks/hello; echo; "
+        f"wget -qO- {url}/v1/tasks/hello || echo refused"
+    )
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-client", "namespace": namespace},
+        "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                 "containers": [{"name": "client", "image": SHELL_IMAGE, "command": ["sh", "-c", script]}]},
+    }  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    kube.wait_for(
+        "the client pod to finish",
+        lambda: (
+            kube.core.read_namespaced_pod("api-client", namespace).status.phase in ("Succeeded", "Failed")
+        ),
+        timeout=120,
+    )
+    first, second = cluster.kubectl("-n", namespace, "logs", "api-client").stdout.splitlines()[:2]
+    shown = json.loads(first)
+    assert (shown["taskId"], shown["status"], shown["exitCode"]) == ("hello", "completed", 0)
+    assert "hello from task hello" in shown["logTail"]
+    assert second == "refused"  # no token: 401
 
 
 def test_a_gitops_directory_of_tasks_all_finish(kube: Kube, tmp_path: Path) -> None:

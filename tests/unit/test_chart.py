@@ -69,8 +69,13 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [obj for obj in objects if obj["kind"] == kind]
 
 
+def component(obj: dict[str, Any]) -> str:
+    return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
 def deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    (found,) = of_kind(objects, "Deployment")
+    """The operator's Deployment."""
+    (found,) = [d for d in of_kind(objects, "Deployment") if component(d) == "operator"]
     return found
 
 
@@ -499,7 +504,7 @@ def test_metrics_endpoint_service_and_optional_service_monitor():
     container = operator_container(objects)
     assert env_of(container)["TASKYARD_METRICS_PORT"] == "8000"
     assert {"name": "metrics", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
-    [service] = of_kind(objects, "Service")
+    [service] = [s for s in of_kind(objects, "Service") if component(s) == "metrics"]
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     assert service["spec"]["selector"] == deployment(objects)["spec"]["selector"]["matchLabels"]
     assert of_kind(objects, "ServiceMonitor") == []
@@ -509,7 +514,7 @@ def test_metrics_endpoint_service_and_optional_service_monitor():
 
     disabled = render("metrics.enabled=false")
     assert env_of(operator_container(disabled))["TASKYARD_METRICS_PORT"] == "0"
-    assert of_kind(disabled, "Service") == []
+    assert [s for s in of_kind(disabled, "Service") if component(s) == "metrics"] == []
 
 
 def chart_app_version() -> str:
@@ -659,3 +664,29 @@ def test_a_preset_may_not_set_what_its_credential_proxy_gives():
     assert result.returncode != 0
     assert "agents.claude-code.env sets ANTHROPIC_BASE_URL or ANTHROPIC_API_KEY" in result.stderr
     assert "credentialProxy.upstream" in result.stderr
+
+
+def test_the_task_api_runs_with_no_token_and_no_rights_of_its_own():
+    objects = render()
+    [api] = [d for d in of_kind(objects, "Deployment") if component(d) == "api"]
+    pod = api["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    [account] = [
+        a for a in of_kind(objects, "ServiceAccount") if a["metadata"]["name"] == pod["serviceAccountName"]
+    ]
+    assert account["automountServiceAccountToken"] is False
+    bound = {
+        b["subjects"][0]["name"]
+        for b in of_kind(objects, "ClusterRoleBinding") + of_kind(objects, "RoleBinding")
+    }
+    assert pod["serviceAccountName"] not in bound  # it acts as its callers only
+    [container] = pod["containers"]
+    assert container["command"] == ["python3", "-m", "taskyard.web"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {v["name"]: v.get("configMap", {}).get("name") for v in pod["volumes"]}[
+        "cluster-ca"
+    ] == "kube-root-ca.crt"
+    [service] = [s for s in of_kind(objects, "Service") if component(s) == "api"]
+    assert service["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] != deployment(objects)["spec"]["selector"]["matchLabels"]
+    assert [d for d in of_kind(render("api.enabled=false"), "Deployment") if component(d) == "api"] == []

@@ -1,0 +1,1 @@
+"""taskyard-api: the task API (and its dashboard) over the Task resources."""
