@@ -235,3 +235,22 @@ def test_no_token_is_a_401_and_a_token_without_rights_a_403(kube: Kube, api_url:
     assert code == 403
     tasks = kube.custom.list_namespaced_custom_object("taskyard.dev", "v1alpha1", kube.namespace, "tasks")
     assert tasks["items"] == []  # nothing was made for the outsider
+
+
+def test_requests_made_from_the_openapi_document_find_no_server_error(
+    kube: Kube, api_url: str, robot: str, shell_agent: str, tmp_path: Path
+) -> None:
+    """Schemathesis sends what the document allows and what it does not (bad bodies, odd namespaces
+    and ids), as the robot: every answer must be one the document lists, in its shape, and none a 5xx."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "run", f"{api_url}/v1/openapi.json",
+         "--header", f"Authorization: Bearer {robot}",
+         "--header", f"X-Taskyard-Namespace: {kube.namespace}",
+         "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,"
+                     "content_type_conformance",
+         "--max-examples", "25", "--seed", "1", "--request-timeout", "20", "--workers", "2",
+         "--report", "junit", "--report-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "not_a_server_error" in result.stdout
