@@ -6,7 +6,8 @@
 source "$(dirname "$0")/lib.sh"
 
 SYSTEM_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack buildah busybox-static
-  mmdebstrap openssl curl iproute2 kmod gcc libc6-dev ipset)
+  mmdebstrap openssl curl iproute2 kmod gcc libc6-dev ipset
+  chromium) # chromium: the dashboard's browser tests (Playwright drives it; it downloads no browser)
 
 install_system() {
   local missing=() pkg

@@ -6,6 +6,7 @@ process, so a test can set the operator's limits, kill it and start it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from kubernetes import client, config
 
 from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster
@@ -218,3 +220,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def api_url(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
+    """`taskyard serve` (the task API and dashboard) on a free port, against the test cluster."""
+    port = free_port()
+    log = (tmp_path / "api.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskyard.cli", "serve", "--port", str(port), "--kubeconfig",
+         str(cluster.kubeconfig)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator")},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{url}/healthz", timeout=2).ok:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

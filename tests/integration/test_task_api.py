@@ -12,15 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT
-from tests.integration.conftest import Kube, OperatorProcess, free_port
+from tests.integration.conftest import Kube, OperatorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -33,32 +31,6 @@ ROBOT_RULES = [
     {"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
 ]
-
-
-@pytest.fixture
-def api_url(kube: Kube, tmp_path: Path) -> Iterator[str]:
-    """`taskyard serve` on a free port, against the test cluster."""
-    port = free_port()
-    log = (tmp_path / "api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "taskyard.cli", "serve", "--port", str(port), "--kubeconfig",
-         str(kube.cluster.kubeconfig)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator")},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{url}/healthz", timeout=2).ok:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def service_account_token(kube: Kube, name: str, rules: list[dict[str, Any]] | None) -> str:

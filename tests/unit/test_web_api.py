@@ -475,3 +475,50 @@ def test_a_quiet_stream_sends_heartbeats_and_an_error_when_the_task_goes() -> No
         assert events[-1] == ("error", {"message": "task waiting was deleted"})
 
     scenario(test)
+
+
+def test_the_dashboard_is_served_with_a_policy_that_keeps_it_to_itself() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        root = await client.get("/", allow_redirects=False)
+        assert (root.status, root.headers["Location"]) == (302, "/dashboard/")
+        page = await client.get("/dashboard/")
+        assert page.status == 200 and page.content_type == "text/html"
+        assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+        assert 'src="/dashboard/app.js"' in await page.text()
+        script = await client.get("/dashboard/app.js")
+        assert script.content_type == "text/javascript" and "followLog" in await script.text()
+        assert (await client.get("/dashboard/../server.py")).status == 404
+        assert (await client.get("/dashboard/openapi.yaml")).status == 404
+
+    scenario(test)
+
+
+def test_the_dashboards_reads_list_every_task_its_events_and_the_agents() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        cluster.add(task("old", "Succeeded", startTime="2026-01-01T11:00:00Z"))
+        cluster.add(task("new", "Running", startTime="2026-01-01T11:30:00Z"))
+        listed = await (await client.get("/v1/dashboard/tasks", headers=auth())).json()
+        assert [t["taskId"] for t in listed["tasks"]] == ["new", "old"] and listed["namespace"] == NS
+
+        async def events(request: web.Request) -> web.StreamResponse:
+            assert request.query["fieldSelector"] == "involvedObject.kind=Task,involvedObject.uid=uid-old"
+            later = {"reason": "Succeeded", "message": "done", "lastTimestamp": "2026-01-01T11:00:09Z"}
+            earlier = {"reason": "Started", "message": "go", "lastTimestamp": "2026-01-01T11:00:01Z"}
+            return web.json_response({"items": [later, earlier]})
+
+        fake.route(f"/api/v1/namespaces/{NS}/events", events)
+        shown = await (await client.get("/v1/tasks/old/events", headers=auth())).json()
+        assert [e["reason"] for e in shown["events"]] == ["Started", "Succeeded"]
+
+        async def agents(request: web.Request) -> web.StreamResponse:
+            return web.json_response({"items": [{"metadata": {"name": "shell"}}]})
+
+        async def cluster_agents(request: web.Request) -> web.StreamResponse:
+            return web.json_response({"kind": "Status", "code": 403, "message": "forbidden"}, status=403)
+
+        fake.route(f"/apis/taskyard.dev/v1alpha1/namespaces/{NS}/agents", agents)
+        fake.route("/apis/taskyard.dev/v1alpha1/clusteragents", cluster_agents)
+        found = await (await client.get("/v1/agents", headers=auth())).json()
+        assert found == {"agents": [{"name": "shell", "kind": "Agent"}]}  # ClusterAgents: not allowed
+
+    scenario(test)

@@ -151,6 +151,28 @@ class UserKube:
                     raise
         return False
 
+    async def events_of(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        selector = f"involvedObject.kind=Task,involvedObject.uid={task['metadata']['uid']}"
+        found = await self.request(
+            "GET", f"/api/v1/namespaces/{quote(self.namespace)}/events", params={"fieldSelector": selector}
+        )
+        return found.get("items") or []
+
+    async def agents(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The namespace's Agents and the ClusterAgents; a kind the caller may not list is empty."""
+        found: list[list[dict[str, Any]]] = []
+        for path in (
+            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(self.namespace)}/agents",
+            f"/apis/{GROUP}/{VERSION}/clusteragents",
+        ):
+            try:
+                found.append((await self.request("GET", path)).get("items") or [])
+            except KubeError as error:
+                if error.status != 403:
+                    raise
+                found.append([])
+        return found[0], found[1]
+
     async def pods_of(self, task_name: str) -> list[dict[str, Any]]:
         found = await self.request(
             "GET",

@@ -216,3 +216,44 @@ def log_line(raw: str) -> tuple[str, int | None]:
     if moment is None:
         return raw, None
     return text, millis(moment)
+
+
+def all_tasks(tasks: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """The dashboard's list: every Task of the namespace with its status, newest first."""
+    shown = [task_status(task, now) for task in tasks]
+    shown.sort(key=lambda item: (-(item["startTime"] or 0), item["taskId"]))
+    return {"tasks": shown, "count": len(shown)}
+
+
+def task_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Task's Kubernetes Events, oldest first, as the dashboard shows them."""
+    shown = []
+    for event in events:
+        moment = (
+            parse_time(event.get("lastTimestamp"))
+            or parse_time(event.get("eventTime"))
+            or parse_time((event.get("metadata") or {}).get("creationTimestamp"))
+        )
+        shown.append(
+            {
+                "type": event.get("type") or "Normal",
+                "reason": event.get("reason") or "",
+                "message": event.get("message") or "",
+                "count": event.get("count") or 1,
+                "timestamp": millis(moment),
+            }
+        )
+    shown.sort(key=lambda item: item["timestamp"] or 0)
+    return {"events": shown}
+
+
+def agent_names(agents: list[dict[str, Any]], cluster_agents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agents a Task of the namespace may name: the namespace's own first (they take precedence)."""
+    own = sorted(agent["metadata"]["name"] for agent in agents)
+    shared = sorted(
+        agent["metadata"]["name"] for agent in cluster_agents if agent["metadata"]["name"] not in own
+    )
+    return {
+        "agents": [{"name": name, "kind": "Agent"} for name in own]
+        + [{"name": name, "kind": "ClusterAgent"} for name in shared]
+    }

@@ -357,6 +357,49 @@ async def send_kept_logs(kube: UserKube, task: dict[str, Any], sender: EventSend
             await sender.send(None, {"line": line, "timestamp": finished})
 
 
+# --- what the dashboard reads besides ----------------------------------------------------------------
+
+
+async def dashboard_tasks(request: web.Request) -> web.Response:
+    kube = await caller(request)
+    listed = seed.all_tasks(await kube.list_tasks(), now())
+    return web.json_response({**listed, "namespace": kube.namespace})
+
+
+async def task_events(request: web.Request) -> web.Response:
+    kube = await caller(request)
+    task = await kube.get_task(request.match_info["task_id"])
+    return web.json_response(seed.task_events(await kube.events_of(task)))
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    kube = await caller(request)
+    return web.json_response(seed.agent_names(*await kube.agents()))
+
+
+DASHBOARD_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+
+
+async def dashboard_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info.get("file") or "index.html"
+    if name not in DASHBOARD_FILES:
+        raise web.HTTPNotFound(reason=f"no such file: {name}")
+    body = resources.files("taskyard.web").joinpath("dashboard", name).read_bytes()
+    return web.Response(
+        body=body,
+        content_type=DASHBOARD_FILES[name],
+        headers={"Cache-Control": "no-cache", "Content-Security-Policy": DASHBOARD_POLICY},
+    )
+
+
+# The page loads nothing but its own files and talks to nothing but this API.
+DASHBOARD_POLICY = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+
+
+async def to_dashboard(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/dashboard/")
+
+
 # --- the OpenAPI document, health ----------------------------------------------------------------------
 
 
@@ -398,6 +441,12 @@ def make_app(config: ApiConfig) -> web.Application:
     app.router.add_delete("/v1/tasks/{task_id}", stop_task)
     app.router.add_get("/v1/tasks/{task_id}/logs/stream", stream_logs)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/dashboard/tasks", dashboard_tasks)
+    app.router.add_get("/v1/tasks/{task_id}/events", task_events)
+    app.router.add_get("/v1/agents", list_agents)
+    app.router.add_get("/", to_dashboard)
+    app.router.add_get("/dashboard/", dashboard_file)
+    app.router.add_get("/dashboard/{file}", dashboard_file)
     app.router.add_get("/v1/openapi.yaml", openapi_yaml)
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
