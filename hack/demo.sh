@@ -38,6 +38,28 @@ echo
 log "kubectl -n $NAMESPACE logs job/hello"
 kubectl -n "$NAMESPACE" logs job/hello
 echo
+# Someone to sign in to the dashboard as: a ServiceAccount that may drive the demo namespace's Tasks.
+kubectl -n "$NAMESPACE" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: dashboard}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: taskyard-dashboard}
+rules:
+  - {apiGroups: [taskyard.dev], resources: [tasks], verbs: [create, get, list, patch]}
+  - {apiGroups: [taskyard.dev], resources: [agents], verbs: [get, list]}
+  - {apiGroups: [""], resources: [pods, configmaps], verbs: [get, list]}
+  - {apiGroups: [""], resources: [pods/log], verbs: [get]}
+  - {apiGroups: [""], resources: [events], verbs: [list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: taskyard-dashboard}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: taskyard-dashboard}
+subjects: [{kind: ServiceAccount, name: dashboard}]
+YAML
 kubeconfig_hint=""
 [[ "${KUBECONFIG:-}" == "$KUBECONFIG_PATH" ]] && kubeconfig_hint="export KUBECONFIG=$KUBECONFIG_PATH
   "
@@ -49,6 +71,9 @@ taskyard is installed (release taskyard in namespace taskyard-system) and stays 
   $VENV/bin/taskyard -n $NAMESPACE logs greet
   $VENV/bin/taskyard -n $NAMESPACE list
   kubectl -n taskyard-system logs deployment/taskyard          # the operator's own log
+The task API and its dashboard (docs/api-http.md), on http://localhost:9090/ while this runs:
+  kubectl -n taskyard-system port-forward service/taskyard-api 9090:9090
+  kubectl -n $NAMESPACE create token dashboard                 # the token to sign in with
 The coding agents (claude-code, codex, gemini-cli, opencode) are installed as ClusterAgents too; each
 needs its API key in a Secret of the Task's namespace: see docs/agents.md.
 EOF

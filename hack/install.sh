@@ -83,6 +83,9 @@ the images with make images-push REGISTRY=$registry TAG=$tag, or give the nodes 
     --set agents.gemini-cli.enabled=true --set agents.opencode.enabled=true \
     "${values[@]}" ${HELM_ARGS:-} >/dev/null
   kubectl -n "$RELEASE_NAMESPACE" rollout status "deployment/$RELEASE" --timeout=180s
+  if kubectl -n "$RELEASE_NAMESPACE" get "deployment/$RELEASE-api" >/dev/null 2>&1; then
+    kubectl -n "$RELEASE_NAMESPACE" rollout status "deployment/$RELEASE-api" --timeout=180s
+  fi
 }
 
 main "$@"
