@@ -321,8 +321,19 @@ main() {
     restart_apiserver
     return
   fi
+  # etcd, helm, kube-router and the provisioner build alongside Kubernetes: a cold Kubernetes build
+  # leaves cores idle while it downloads modules and links, and the two share only Go's caches.
+  local tools_log tools_pid
+  tools_log=$(mktemp)
+  "$REPO_ROOT/hack/build-tools.sh" >"$tools_log" 2>&1 &
+  tools_pid=$!
   "$REPO_ROOT/hack/build-kubernetes.sh"
-  "$REPO_ROOT/hack/build-tools.sh"
+  if ! wait "$tools_pid"; then
+    cat "$tools_log" >&2
+    die "building the cluster's tools failed (above)"
+  fi
+  grep '^\[' "$tools_log" >&2 || true  # their progress lines, once Kubernetes is built
+  rm -f "$tools_log"
   "$REPO_ROOT/hack/images.sh" pause shell
 
   if cluster_healthy; then

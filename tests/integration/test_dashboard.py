@@ -53,7 +53,7 @@ def test_the_dashboard_creates_follows_and_cancels_tasks(
     token = service_account_token(kube, "viewer", DASHBOARD_RULES)
     page.goto(f"{api_url}/")
     page.fill("#token", token)
-    page.click("text=Sign in")
+    page.click("#sign-in-form button")
     page.wait_for_selector("#tasks-view:not([hidden])")
     assert page.input_value("#namespace") == kube.namespace  # the token's own namespace
 
@@ -78,7 +78,7 @@ def test_the_dashboard_creates_follows_and_cancels_tasks(
     assert len({count for count in counts if 0 < count < 6}) >= 3, seen  # came one by one, not at once
     assert any(phase == "Running" for _, _, phase in seen) and seen[-1][2] == "Succeeded", seen
     assert page.locator("#log .log-line").all_inner_texts() == [f"tick {i}" for i in range(1, 7)]
-    page.wait_for_selector("#events td:text('Succeeded')")
+    page.wait_for_selector("#events td:text('Admitted')")
     screenshot(page, "task")
     finished = page.inner_text("#task-name")
 
@@ -113,6 +113,6 @@ def test_the_dashboard_sends_no_one_in_without_a_token_the_cluster_accepts(
     page.goto(f"{api_url}/dashboard/")
     page.wait_for_selector("#sign-in:not([hidden])")
     page.fill("#token", "not-a-token")
-    page.click("text=Sign in")
+    page.click("#sign-in-form button")
     page.wait_for_selector("#sign-in-error:text('Unauthorized')")
     assert page.is_hidden("#tasks-view")

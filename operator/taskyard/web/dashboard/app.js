@@ -261,14 +261,15 @@ $("cancel").addEventListener("click", async () => {
 function openTask(name) {
   $("task-error").textContent = "";
   $("events").tBodies[0].replaceChildren();
-  let finished = false;
+  // Polled until a while after the Task is final: the operator posts its last Event a moment later.
+  let afterFinal = 0;
   every(TASK_EVERY_MS, async () => {
-    if (finished) return;
+    if (afterFinal > 5) return;
     try {
       const task = await api(`/v1/tasks/${encodeURIComponent(name)}`);
       renderTask(task);
       await refreshEvents(name);
-      finished = FINAL.has(task.phase);
+      if (FINAL.has(task.phase)) afterFinal += 1;
     } catch (error) {
       $("task-error").textContent = error.message;
     }
