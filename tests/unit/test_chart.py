@@ -671,6 +671,7 @@ def test_the_task_api_runs_with_no_token_and_no_rights_of_its_own():
     [api] = [d for d in of_kind(objects, "Deployment") if component(d) == "api"]
     pod = api["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # a Service taskyard-api would set TASKYARD_API_PORT=tcp://...
     [account] = [
         a for a in of_kind(objects, "ServiceAccount") if a["metadata"]["name"] == pod["serviceAccountName"]
     ]

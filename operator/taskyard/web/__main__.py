@@ -23,14 +23,14 @@ def build_parser(prog: str = "taskyard-api") -> argparse.ArgumentParser:
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--address", default=os.environ.get("TASKYARD_API_ADDRESS", "127.0.0.1"), help="default: 127.0.0.1"
+        "--address", default=os.environ.get("TASKYARD_WEB_ADDRESS", "127.0.0.1"), help="default: 127.0.0.1"
     )
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("TASKYARD_API_PORT", "9090")), help="default: 9090"
+        "--port", type=int, default=int(os.environ.get("TASKYARD_WEB_PORT", "9090")), help="default: 9090"
     )
     parser.add_argument(
         "--default-namespace",
-        default=os.environ.get("TASKYARD_API_DEFAULT_NAMESPACE", "default"),
+        default=os.environ.get("TASKYARD_WEB_DEFAULT_NAMESPACE", "default"),
         help="namespace of requests that name none, for tokens that are not a ServiceAccount's "
         "(a ServiceAccount's requests default to its own namespace)",
     )

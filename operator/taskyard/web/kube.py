@@ -37,7 +37,7 @@ class Endpoint:
 
     @classmethod
     def from_config(cls, kubeconfig: str | None = None, context: str | None = None) -> Endpoint:
-        """In a pod: the cluster it runs in, trusted by the CA file TASKYARD_API_CA_FILE (the chart
+        """In a pod: the cluster it runs in, trusted by the CA file TASKYARD_WEB_CA_FILE (the chart
         mounts the namespace's kube-root-ca.crt: the pod needs no token of its own). Elsewhere: the
         server and CA of the kubeconfig's context; its client certificate or token is not used, as
         callers bring their own."""
@@ -227,7 +227,7 @@ class UserKube:
 
 
 def in_cluster_ca_file() -> str:
-    return os.environ.get("TASKYARD_API_CA_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    return os.environ.get("TASKYARD_WEB_CA_FILE", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 
 
 def service_account_namespace(username: str) -> str | None:
