@@ -2,8 +2,8 @@
 # `make test`: installs what the project needs, starts a fresh local cluster, runs every tier
 # (unit, smoke, integration, fault, e2e, demo) and tears the cluster down again. Exits non-zero on any
 # failure. Two passes: first every test that shares the cluster (each has its own namespace and its
-# own operator for it), TEST_WORKERS at a time; then the `exclusive` ones (an operator for every
-# namespace, an API server restart), one at a time.
+# own operator for it), TEST_WORKERS at a time; then the `exclusive` ones (chart releases, cluster-wide
+# admission policies, an API server restart), one at a time.
 #   TASKYARD_KEEP_CLUSTER=1   leave the cluster running afterwards (for debugging)
 #   TEST_WORKERS=N            tests of the first pass run side by side (default 4; 1: one at a time)
 #   PYTEST_ARGS="-k name"     extra pytest arguments, for both passes

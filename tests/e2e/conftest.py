@@ -40,13 +40,15 @@ class Release:
     namespace: str
 
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        result = subprocess.run(
             [helm_binary(), f"--kubeconfig={self.cluster.kubeconfig}", "--namespace", self.namespace, *args],
             capture_output=True,
             text=True,
-            check=check,
             timeout=300,
         )
+        if check and result.returncode != 0:
+            pytest.fail(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
+        return result
 
     def image_values(self) -> list[str]:
         repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
@@ -88,8 +90,9 @@ def operator_image(cluster: Cluster) -> str:
 def release(cluster: Cluster, operator_image: str) -> Iterator[Release]:
     """`helm install` of the chart with default values, except for the locally built images."""
     installed = Release(cluster, "taskyard", f"taskyard-e2e-{uuid.uuid4().hex[:6]}")
-    installed.helm("install", installed.name, str(CHART), "--create-namespace", *installed.image_values())
     try:
+        # A failed install still leaves what it made (cluster-wide ClusterAgents among it): uninstalled too.
+        installed.helm("install", installed.name, str(CHART), "--create-namespace", *installed.image_values())
         installed.wait_ready()
         yield installed
     finally:

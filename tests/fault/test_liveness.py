@@ -24,7 +24,8 @@ from tests.fault.helpers import jobs_per_task
 from tests.fault.proxy import FaultProxy
 from tests.integration.conftest import Kube
 
-pytestmark = pytest.mark.fault
+# A chart release: its ClusterAgents and admission policies are cluster-wide.
+pytestmark = [pytest.mark.fault, pytest.mark.exclusive]
 
 STALL_SECONDS = 20
 
@@ -70,8 +71,8 @@ def release_through_proxy(
     }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    release.helm("install", release.name, str(CHART), "-f", str(values_file), *release.image_values())
     try:
+        release.helm("install", release.name, str(CHART), "-f", str(values_file), *release.image_values())
         release.wait_ready()
         yield release
     finally:

@@ -22,7 +22,8 @@ import yaml
 from tests.conftest import REPO_ROOT, Cluster, helm_binary
 from tests.integration.conftest import Kube
 
-pytestmark = pytest.mark.integration
+# Cluster-wide admission policies: while installed, they judge every other test's writes too.
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 CHART = REPO_ROOT / "helm" / "taskyard"
 POLICY_TEMPLATES = ("templates/admission.yaml", "templates/rbac.yaml", "templates/serviceaccount.yaml")
