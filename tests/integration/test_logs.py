@@ -43,7 +43,7 @@ def test_timed_out_task_keeps_what_it_wrote_before_the_kill(
     kube: Kube, shell_agent: str, operator: OperatorProcess
 ) -> None:
     kube.create(
-        "Task", "overdue", {"agent": shell_agent, "prompt": "echo progress; sleep 300", "timeout": "6s"}
+        "Task", "overdue", {"agent": shell_agent, "prompt": "echo progress; sleep 300", "timeout": "20s"}
     )
 
     task = kube.wait_for_phase("overdue", "Failed", timeout=90)
