@@ -685,15 +685,19 @@ def cmd_list(kube: Kube, args: argparse.Namespace) -> int:
     return 0
 
 
-def _kept_logs_of(kube: Kube, task: dict[str, Any]) -> dict[int, KeptLog]:
-    meta = task["metadata"]
-    config_map = kube.config_map(job_name_for(meta["name"]) + LOGS_CONFIGMAP_SUFFIX)
+def kept_logs_of_task(config_map: dict[str, Any] | None, task: dict[str, Any]) -> dict[int, KeptLog]:
+    """The kept logs of the Task's logs ConfigMap; none when it is missing or another Task's."""
     if config_map is None:
         return {}
     owners = config_map["metadata"].get("ownerReferences") or []
-    if owners and all(owner.get("uid") != meta.get("uid") for owner in owners):
+    if owners and all(owner.get("uid") != task["metadata"].get("uid") for owner in owners):
         return {}  # left over from an earlier Task of the same name
     return kept_logs(config_map)
+
+
+def _kept_logs_of(kube: Kube, task: dict[str, Any]) -> dict[int, KeptLog]:
+    config_map = kube.config_map(job_name_for(task["metadata"]["name"]) + LOGS_CONFIGMAP_SUFFIX)
+    return kept_logs_of_task(config_map, task)
 
 
 def _wait_until_started(kube: Kube, pod_name: str) -> bool:

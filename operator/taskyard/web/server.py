@@ -25,8 +25,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from taskyard.cli import agent_started, kept_logs, sorted_pods
-from taskyard.render import job_name_for
+from taskyard.cli import agent_started, kept_logs_of_task, sorted_pods
+from taskyard.logstore import log_config_map_name
 from taskyard.stats import FINAL_PHASES, parse_time, phase_of
 from taskyard.web import seed
 from taskyard.web.kube import Endpoint, KubeError, UserKube, service_account_namespace
@@ -345,14 +345,10 @@ async def follow_task(kube: UserKube, task: dict[str, Any], sender: EventSender,
 
 
 async def send_kept_logs(kube: UserKube, task: dict[str, Any], sender: EventSender) -> None:
-    config_map = await kube.config_map(job_name_for(task["metadata"]["name"]) + "-logs")
-    if config_map is None:
-        return
-    owners = config_map["metadata"].get("ownerReferences") or []
-    if owners and all(owner.get("uid") != task["metadata"]["uid"] for owner in owners):
-        return  # left over from an earlier Task of the same name
+    config_map = await kube.config_map(log_config_map_name(task["metadata"]["name"]))
+    kept = kept_logs_of_task(config_map, task)
     finished = seed.millis(parse_time((task.get("status") or {}).get("completionTime"))) or 0
-    for attempt in sorted(kept := kept_logs(config_map)):
+    for attempt in sorted(kept):
         for line in kept[attempt].text.splitlines():
             await sender.send(None, {"line": line, "timestamp": finished})
 
