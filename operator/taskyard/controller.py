@@ -1017,6 +1017,12 @@ class Controller:
                 self.api, task.namespace, pod.name, "agent", deadline=self.settings.log_read_seconds
             )
         except LogUnavailable:
+            if pod.evicted_message is not None:
+                # The kubelet removes an evicted pod's containers, logs included, as soon as they exit;
+                # the status says so rather than showing an empty tail as if the agent wrote nothing.
+                collected["logTail"] = (
+                    f"[taskyard: the kubelet removed the log of pod {pod.name} when it evicted it]"
+                )
             return collected, True  # never started (or already gone): nothing to keep
         except Exception as error:
             logger.warning("reading the log of pod %s failed: %s", pod.name, _describe(error))

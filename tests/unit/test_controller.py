@@ -340,6 +340,48 @@ def test_a_log_that_cannot_be_read_never_holds_up_the_final_status(log: str):
     run(scenario())
 
 
+def test_an_evicted_pod_whose_log_the_kubelet_removed_says_so_in_the_status():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            deleted: list[str] = []
+            status_api(fake, patches)
+            fake.status_route("full")
+
+            async def pod_log(request: web.Request) -> web.StreamResponse:
+                return web.json_response({"kind": "Status", "code": 404, "message": "gone"}, status=404)
+
+            async def delete_job(request: web.Request) -> web.StreamResponse:
+                deleted.append(request.path)
+                return web.json_response({"kind": "Status", "status": "Success"})
+
+            fake.route(f"/api/v1/namespaces/{NS}/pods/full-abcde/log", pod_log)
+            fake.route(f"{JOBS}/full", delete_job)
+            controller = controller_for(fake)
+            job, pod = job_and_pod("full")
+            job["status"] = {"active": 0, "failed": 1, "startTime": "2026-12-01T10:00:01Z"}
+            pod["status"] = {
+                "phase": "Failed",
+                "reason": "Evicted",
+                "message": 'Usage of EmptyDir volume "workspace" exceeds the limit "1Mi". ',
+                "containerStatuses": [{"name": "agent", "state": {"terminated": {"exitCode": 137}}}],
+            }
+            controller.jobs.put((NS, "full"), project_job(job))
+            controller.pods.put((NS, "full-abcde"), project_pod(pod))
+            add_task(controller, task_body("full", status={"phase": "Running", "jobName": "full"}))
+            await controller.reconcile((NS, "full", "uid-full"))
+            [(_, patch)] = patches
+            assert (patch["phase"], patch["reason"]) == ("Failed", "StorageLimitExceeded")
+            assert (
+                patch["logTail"]
+                == "[taskyard: the kubelet removed the log of pod full-abcde when it evicted it]"
+            )
+            assert deleted == [f"{JOBS}/full"]
+            await controller.api.close()
+
+    run(scenario())
+
+
 def test_a_recreated_namesake_is_never_confused_with_the_task_it_replaces():
     async def scenario() -> None:
         async with FakeApi() as fake:
