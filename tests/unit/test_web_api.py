@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from taskyard.web import kube as web_kube
-from taskyard.web import seed
+from taskyard.web import seed, sharing
 from taskyard.web.kube import Endpoint
 from taskyard.web.server import ApiConfig, make_app, openapi_document
 from tests.unit.fakeapi import FakeApi, run
@@ -25,6 +25,7 @@ from tests.unit.fakeapi import FakeApi, run
 pytestmark = pytest.mark.unit
 
 NS = "team-a"
+ACCESS_REVIEW = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 TASKS = f"/apis/taskyard.dev/v1alpha1/namespaces/{NS}/tasks"
 REVIEW = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 TOKEN = "token-of-team-a"
@@ -164,7 +165,10 @@ class Cluster:
         self.tokens_seen: list[str] = []
         self.patches: list[dict[str, Any]] = []
         self.created: list[dict[str, Any]] = []
+        self.denied: set[tuple[str, str]] = set()  # (verb, resource[/subresource]) RBAC refuses
+        self.access_reviews: list[dict[str, Any]] = []
         fake.route(REVIEW, self.review)
+        fake.route(ACCESS_REVIEW, self.access_review)
         fake.route(TASKS, self.tasks_collection)
 
     def authorized(self, request: web.Request) -> web.Response | None:
@@ -180,6 +184,16 @@ class Cluster:
             return refused
         user = {"username": f"system:serviceaccount:{NS}:robot"}
         return web.json_response({"status": {"userInfo": user}}, status=201)
+
+    async def access_review(self, request: web.Request) -> web.StreamResponse:
+        refused = self.authorized(request)
+        if refused:
+            return refused
+        asked = json.loads(await request.read())["spec"]["resourceAttributes"]
+        self.access_reviews.append(asked)
+        resource = "/".join(filter(None, (asked["resource"], asked.get("subresource"))))
+        allowed = (asked["verb"], resource) not in self.denied
+        return web.json_response({"status": {"allowed": allowed}}, status=201)
 
     async def tasks_collection(self, request: web.Request) -> web.StreamResponse:
         refused = self.authorized(request)
@@ -522,3 +536,132 @@ def test_the_dashboards_reads_list_every_task_its_events_and_the_agents() -> Non
         assert found == {"agents": [{"name": "shell", "kind": "Agent"}]}  # ClusterAgents: not allowed
 
     scenario(test)
+
+
+# --- sharing between callers ---------------------------------------------------------------------------
+
+
+def test_concurrent_status_reads_share_one_request_and_each_caller_is_authorized_once() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        cluster.add(task("known", "Running", startTime="2026-01-01T11:59:30Z"))
+        answers = await asyncio.gather(*(client.get("/v1/tasks/known", headers=auth()) for _ in range(20)))
+        assert {answer.status for answer in answers} == {200}
+        gets = [r for r in fake.requests if r[:2] == ("GET", f"{TASKS}/known")]
+        assert len(gets) == 1
+        assert [(a["verb"], a["resource"]) for a in cluster.access_reviews] == [("get", "tasks")]
+
+        assert (await client.delete("/v1/tasks/known", headers=auth())).status == 200  # reads it fresh
+        assert (await client.get("/v1/tasks/known", headers=auth())).status == 200  # not the old answer
+        await asyncio.sleep(1.1)  # older than a shared read may be: read again; the caller is not asked
+        assert (await client.get("/v1/tasks/known", headers=auth())).status == 200
+        gets = [r for r in fake.requests if r[:2] == ("GET", f"{TASKS}/known")]
+        assert len(gets) == 4
+        assert len([a for a in cluster.access_reviews if a["verb"] == "get"]) == 1
+
+    scenario(test)
+
+
+def test_a_caller_rbac_refuses_gets_the_api_servers_own_answer_not_a_shared_one() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        cluster.add(task("known", "Running"))
+        assert (await client.get("/v1/tasks/known", headers=auth())).status == 200
+        cluster.denied.add(("get", "tasks"))
+
+        async def forbidden(request: web.Request) -> web.StreamResponse:
+            message = 'tasks.taskyard.dev "known" is forbidden: User "robot" cannot get resource "tasks"'
+            return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
+
+        fake.route(f"{TASKS}/known", forbidden)
+        other = "Bearer another-token"
+        cluster.authorized = lambda request: None  # type: ignore[method-assign]
+        answer = await client.get("/v1/tasks/known", headers={"Authorization": other})
+        assert answer.status == 403 and "cannot get resource" in (await answer.json())["error"]
+
+    scenario(test)
+
+
+def test_many_clients_of_one_tasks_log_share_one_follow_and_a_late_one_gets_it_all() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        body = task("talker", "Running")
+        cluster.add(body)
+        pod = {
+            "metadata": {"name": "talker-abc", "creationTimestamp": "2026-01-01T11:59:10Z"},
+            "status": {"containerStatuses": [{"name": "agent", "state": {"running": {}}}]},
+        }
+        follows = 0
+        go_on = asyncio.Event()
+
+        async def pods(request: web.Request) -> web.StreamResponse:
+            return web.json_response({"items": [pod]})
+
+        async def log(request: web.Request) -> web.StreamResponse:
+            nonlocal follows
+            follows += 1
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"2026-01-01T12:00:00Z first\n")
+            await go_on.wait()
+            await response.write(b"2026-01-01T12:00:01Z second\n")
+            body["status"] = {"phase": "Succeeded", "exitCode": 0}
+            return response
+
+        fake.route(f"/api/v1/namespaces/{NS}/pods", pods)
+        fake.route(f"/api/v1/namespaces/{NS}/pods/talker-abc/log", log)
+
+        async def read_stream() -> list[tuple[str, dict[str, Any]]]:
+            answer = await client.get("/v1/tasks/talker/logs/stream", headers=auth())
+            return sse_events(await answer.text())
+
+        early = [asyncio.create_task(read_stream()) for _ in range(10)]
+        while follows == 0:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        late = asyncio.create_task(read_stream())
+        await asyncio.sleep(0.2)
+        go_on.set()
+        streams = await asyncio.gather(*early, late)
+        assert follows == 1
+        for events in streams:
+            assert [data["line"] for name, data in events if name == "message"] == ["first", "second"]
+            assert events[-1][0] == "task-complete"
+
+    scenario(test)
+
+
+def test_a_caller_not_allowed_to_read_logs_does_not_share_the_follow() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        cluster.add(task("talker", "Running"))
+        cluster.denied.add(("get", "pods/log"))
+        pod = {
+            "metadata": {"name": "talker-abc", "creationTimestamp": "2026-01-01T11:59:10Z"},
+            "status": {"containerStatuses": [{"name": "agent", "state": {"running": {}}}]},
+        }
+
+        async def pods(request: web.Request) -> web.StreamResponse:
+            return web.json_response({"items": [pod]})
+
+        async def log(request: web.Request) -> web.StreamResponse:
+            message = 'pods "talker-abc" is forbidden: User "robot" cannot get resource "pods/log"'
+            return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
+
+        fake.route(f"/api/v1/namespaces/{NS}/pods", pods)
+        fake.route(f"/api/v1/namespaces/{NS}/pods/talker-abc/log", log)
+        answer = await client.get("/v1/tasks/talker/logs/stream", headers=auth())
+        events = sse_events(await answer.text())
+        assert events[-1][0] == "error" and "cannot get resource" in events[-1][1]["message"]
+
+    scenario(test)
+
+
+def test_a_client_too_slow_for_its_backlog_is_told_and_let_go() -> None:
+    subscriber = sharing.Subscriber(kube=None, backlog_bytes=1000)  # type: ignore[arg-type]
+    for number in range(5):
+        subscriber.put((None, {"line": f"line {number}", "timestamp": 0}))
+    subscriber.put((None, {"line": "x" * 2000, "timestamp": 0}))
+    subscriber.put((None, {"line": "after", "timestamp": 0}))
+
+    async def drain() -> list[tuple[str | None, dict[str, Any]]]:
+        return [event async for event in subscriber.events()]
+
+    events = run(drain())
+    assert events == [("error", {"message": "this client reads the stream too slowly; reconnect"})]

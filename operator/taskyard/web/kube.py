@@ -26,6 +26,7 @@ REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 FOLLOW_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10)
 LINE_MAX_BYTES = 64 * 1024
 _SERVICE_ACCOUNT = "system:serviceaccount:"
+OUR_RESOURCES = ("tasks", "agents", "clusteragents")
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,24 @@ class UserKube:
             if error.status == 404:
                 return None
             raise
+
+    async def may(self, verb: str, resource: str, subresource: str = "") -> bool:
+        """Whether RBAC lets this caller do this in the namespace (SelfSubjectAccessReview: any
+        authenticated caller may ask; a token the cluster refuses is a 401)."""
+        attributes = {
+            "namespace": self.namespace,
+            "verb": verb,
+            "group": GROUP if resource in OUR_RESOURCES else "",
+            "resource": resource,
+            "subresource": subresource,
+        }
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+        answer = await self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+        return bool((answer.get("status") or {}).get("allowed"))
 
     async def username(self) -> str:
         """Who the token belongs to (SelfSubjectReview: any authenticated caller may ask)."""

@@ -7,7 +7,6 @@ API server, so authentication and RBAC are the cluster's own. Nothing is stored 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,11 +24,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from taskyard.cli import agent_started, kept_logs_of_task, sorted_pods
-from taskyard.logstore import log_config_map_name
-from taskyard.stats import FINAL_PHASES, parse_time, phase_of
 from taskyard.web import seed
 from taskyard.web.kube import Endpoint, KubeError, UserKube, service_account_namespace
+from taskyard.web.sharing import AccessReviews, LogFeeds, SharedReads, TaskReads
 
 log = logging.getLogger("taskyard.api")
 
@@ -45,6 +42,8 @@ SSE_HEADERS = {
 }
 _CONFIG = web.AppKey("config", "ApiConfig")
 _SESSION = web.AppKey("session", aiohttp.ClientSession)
+_READS = web.AppKey("reads", TaskReads)
+_FEEDS = web.AppKey("feeds", LogFeeds)
 
 
 @dataclass
@@ -174,18 +173,19 @@ async def create_task(request: web.Request) -> web.Response:
             "agent", f'no Agent "{agent}" in namespace "{kube.namespace}" and no ClusterAgent "{agent}"'
         )
     created = await kube.create_task(task)
+    request.app[_READS].changed(kube.namespace, created["metadata"]["name"])
     return web.json_response(seed.accepted(created), status=202)
 
 
 async def get_task(request: web.Request) -> web.Response:
     kube = await caller(request)
-    task = await kube.get_task(request.match_info["task_id"])
+    task = await request.app[_READS].task(kube, request.match_info["task_id"])
     return web.json_response(seed.task_status(task, now()))
 
 
 async def list_tasks(request: web.Request) -> web.Response:
     kube = await caller(request)
-    return web.json_response(seed.active_tasks(await kube.list_tasks(), now()))
+    return web.json_response(seed.active_tasks(await request.app[_READS].tasks(kube), now()))
 
 
 async def stop_task(request: web.Request) -> web.Response:
@@ -198,13 +198,14 @@ async def stop_task(request: web.Request) -> web.Response:
             status=409,
         )
     await kube.cancel_task(task["metadata"]["name"], task["metadata"]["resourceVersion"])
+    request.app[_READS].changed(kube.namespace, task["metadata"]["name"])
     return web.json_response(seed.stopped(task))
 
 
 async def status(request: web.Request) -> web.Response:
     config = request.app[_CONFIG]
     kube = await caller(request)
-    tasks = await kube.list_tasks()
+    tasks = await request.app[_READS].tasks(kube)
     active = sum(1 for task in tasks if seed.state_of(task) not in seed.FINAL_STATES)
     return web.json_response(
         {
@@ -275,82 +276,33 @@ class EventSender:
 async def stream_logs(request: web.Request) -> web.StreamResponse:
     config = request.app[_CONFIG]
     kube = await caller(request)
-    name = request.match_info["task_id"]
-    task = await kube.get_task(name)  # a Task that does not exist is a 404, before the stream starts
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    await response.prepare(request)
-    sender = EventSender(response)
-    following = asyncio.current_task()
-
-    async def beat() -> None:
-        try:
-            await sender.heartbeats(config.heartbeat_seconds)
-        except (ConnectionError, RuntimeError):
-            if following is not None:
-                following.cancel()  # the client is gone: stop following for it
-
-    heartbeat = asyncio.create_task(beat())
+    # A Task that does not exist is a 404, before the stream starts.
+    task = await request.app[_READS].task(kube, request.match_info["task_id"])
+    feed, subscriber = await request.app[_FEEDS].subscribe(kube, task)
     try:
-        await follow_task(kube, task, sender, config.poll_seconds)
-    except KubeError as error:
-        await _send_quietly(sender, "error", {"message": error.message})
-    except (ConnectionError, RuntimeError, asyncio.CancelledError):
-        pass  # the client went away
-    finally:
-        heartbeat.cancel()
-    return response
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        sender = EventSender(response)
+        following = asyncio.current_task()
 
-
-async def _send_quietly(sender: EventSender, event: str, data: dict[str, Any]) -> None:
-    with contextlib.suppress(ConnectionError, RuntimeError):  # the client is gone already
-        await sender.send(event, data)
-
-
-async def follow_task(kube: UserKube, task: dict[str, Any], sender: EventSender, poll: float) -> None:
-    """Sends each attempt's log lines as they come, oldest attempt first, then `task-complete` once the
-    Task is final. A Task whose pods are gone is told from the logs the operator kept."""
-    name, uid = task["metadata"]["name"], task["metadata"]["uid"]
-    followed: set[str] = set()
-    while True:
-        pods = [
-            pod
-            for pod in sorted_pods(await kube.pods_of(name))
-            if pod["metadata"]["name"] not in followed and agent_started(pod)
-        ]
-        if pods:
-            pod_name = pods[0]["metadata"]["name"]
-            followed.add(pod_name)
+        async def beat() -> None:
             try:
-                async for raw in kube.log_lines(pod_name):
-                    text, stamp = seed.log_line(raw)
-                    await sender.send(None, {"line": text, "timestamp": stamp or seed.millis(now())})
-            except KubeError as error:
-                if error.status not in (400, 404):  # 400/404: the pod or its container is gone already
-                    raise
-            continue
+                await sender.heartbeats(config.heartbeat_seconds)
+            except (ConnectionError, RuntimeError):
+                if following is not None:
+                    following.cancel()  # the client is gone: stop sending to it
+
+        heartbeat = asyncio.create_task(beat())
         try:
-            task = await kube.get_task(name)
-        except KubeError as error:
-            if error.status == 404:
-                raise KubeError(404, f"task {name} was deleted") from None
-            raise
-        if task["metadata"]["uid"] != uid:
-            raise KubeError(404, f"task {name} was deleted (a new Task of that name exists)")
-        if phase_of(task) in FINAL_PHASES:
-            if not followed:
-                await send_kept_logs(kube, task, sender)
-            await sender.send("task-complete", seed.completion_event(task, now()))
-            return
-        await asyncio.sleep(poll)
-
-
-async def send_kept_logs(kube: UserKube, task: dict[str, Any], sender: EventSender) -> None:
-    config_map = await kube.config_map(log_config_map_name(task["metadata"]["name"]))
-    kept = kept_logs_of_task(config_map, task)
-    finished = seed.millis(parse_time((task.get("status") or {}).get("completionTime"))) or 0
-    for attempt in sorted(kept):
-        for line in kept[attempt].text.splitlines():
-            await sender.send(None, {"line": line, "timestamp": finished})
+            async for event, data in subscriber.events():
+                await sender.send(event, data)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass  # the client went away
+        finally:
+            heartbeat.cancel()
+        return response
+    finally:
+        feed.leave(subscriber)
 
 
 # --- what the dashboard reads besides ----------------------------------------------------------------
@@ -358,7 +310,7 @@ async def send_kept_logs(kube: UserKube, task: dict[str, Any], sender: EventSend
 
 async def dashboard_tasks(request: web.Request) -> web.Response:
     kube = await caller(request)
-    listed = seed.all_tasks(await kube.list_tasks(), now())
+    listed = seed.all_tasks(await request.app[_READS].tasks(kube), now())
     return web.json_response({**listed, "namespace": kube.namespace})
 
 
@@ -423,6 +375,9 @@ async def healthz(request: web.Request) -> web.Response:
 def make_app(config: ApiConfig) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=256 * 1024)
     app[_CONFIG] = config
+    access = AccessReviews()
+    app[_READS] = TaskReads(access, SharedReads())
+    app[_FEEDS] = LogFeeds(access, config.poll_seconds)
 
     async def session(app: web.Application):
         # Connections to the API server are pooled across callers; each request carries its own token.
