@@ -1,7 +1,7 @@
 """`make bench`: what taskyard costs on top of Kubernetes itself, and how it scales.
 
 Runs against the cluster of $KUBECONFIG with the operator out of cluster (``python -m taskyard``), and
-prints figures; it is not a test. Six measurements:
+prints figures; it is not a test. Seven measurements:
 
 1. burst  - N Tasks applied as fast as a client can; time until every Task has its Job and a status
             (and, beside it, until every pod exists), and apply→Job latency per Task (from watch event
@@ -16,7 +16,10 @@ prints figures; it is not a test. Six measurements:
 5. simulated - 10,000 Tasks at once under a limit of 2,000, their pods run for about a minute on
             nodes simulated by kwok: the most Jobs active at once, inversions, the operator's CPU
             and memory.
-6. scale  - N finished Tasks, each with the Job and the pod it had, and a freshly started operator
+6. api    - taskyard-api under load: 200 SSE clients on the logs of 20 running Tasks and 50 status
+            reads a second for a minute; the API server's request rate (and the operator's alone,
+            before), read latency, and the component's CPU and memory.
+7. scale  - N finished Tasks, each with the Job and the pod it had, and a freshly started operator
             (twice: with the Jobs inside the retention period and past it): how soon its cache is
             synced and a new Task admitted, the writes it makes, its memory and CPU.
 
@@ -28,7 +31,8 @@ docs/benchmarks.json (compared with the previous run) and are printed.
 
 Environment: BENCH_BURST="100,500,1000", BENCH_RATE=20, BENCH_RATE_SECONDS=120, BENCH_QUEUE=1000,
 BENCH_QUEUE_LIMIT=10, BENCH_SIMULATED=10000, BENCH_SIMULATED_LIMIT=2000, BENCH_SIMULATED_NODES=20,
-BENCH_SCALE="10000", BENCH_CONCURRENCY=16, BENCH_ONLY="burst,sustained,queue,simulated,scale".
+BENCH_API_CLIENTS=200, BENCH_API_TASKS=20, BENCH_API_RATE=50, BENCH_API_SECONDS=60,
+BENCH_SCALE="10000", BENCH_CONCURRENCY=16, BENCH_ONLY="burst,sustained,queue,api,simulated,scale".
 """
 
 from __future__ import annotations
@@ -183,6 +187,14 @@ class ChildProcess:
             self.process.kill()
         self.log.close()
 
+    def resources(self) -> tuple[float, float]:
+        """Resident memory (MiB) and CPU seconds (user + system) of the process so far."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
 
 class Operator(ChildProcess):
     """The operator as a child process, watching one namespace, with its metrics endpoint."""
@@ -212,13 +224,26 @@ class Operator(ChildProcess):
                 samples[key] = float(value)
         return samples
 
-    def resources(self) -> tuple[float, float]:
-        """Resident memory (MiB) and CPU seconds (user + system) of the process so far."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return rss_kib / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+class TaskApi(ChildProcess):
+    """taskyard-api as a child process on a loopback port, reaching the API server of $KUBECONFIG."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(REPO_ROOT / ".cluster" / "bench-task-api.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "taskyard.web", "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
 
 
 class Kwok(ChildProcess):
@@ -629,6 +654,169 @@ class Bench:
         await self.drop_namespace(namespace)
         return result
 
+    # --- the task API under load --------------------------------------------------------------------
+
+    async def api_server_requests(
+        self, metric: str = "apiserver_request_total"
+    ) -> dict[tuple[str, str, str], float]:
+        """A request counter of the API server's metrics by (verb, resource, subresource): by default
+        requests finished; apiserver_longrunning_requests for those open now (watches, log follows)."""
+        raw = await self.api.call_api(
+            "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False
+        )
+        text = (await (raw[0] if isinstance(raw, tuple) else raw).read()).decode()
+        totals: dict[tuple[str, str, str], float] = {}
+        for line in text.splitlines():
+            if not line.startswith(metric + "{"):
+                continue
+            labels_text, _, value = line.rpartition(" ")
+            labels = dict(part.split("=", 1) for part in labels_text[len(metric) + 1 : -1].split(","))
+            key = tuple(labels.get(name, '""').strip('"') for name in ("verb", "resource", "subresource"))
+            totals[key] = totals.get(key, 0.0) + float(value)
+        return totals
+
+    async def reader_token(self, namespace: str) -> str:
+        """A ServiceAccount allowed what a dashboard user needs in the namespace, and a token of it."""
+        rules = [
+            {"apiGroups": [GROUP], "resources": ["tasks"], "verbs": ["get", "list", "create", "patch"]},
+            {"apiGroups": [""], "resources": ["pods", "pods/log", "configmaps"], "verbs": ["get", "list"]},
+        ]
+        rbac = client.RbacAuthorizationV1Api(self.api)
+        await self.core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
+        await rbac.create_namespaced_role(namespace, {"metadata": {"name": "reader"}, "rules": rules})
+        binding = {
+            "metadata": {"name": "reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        }
+        await rbac.create_namespaced_role_binding(namespace, binding)
+        request = {"spec": {"expirationSeconds": 3600}}
+        answer = await self.core.create_namespaced_service_account_token("reader", namespace, request)
+        return answer.status.token
+
+    async def task_api(self, clients: int, tasks: int, rate: float, seconds: float) -> dict[str, Any]:
+        """`clients` SSE clients spread over `tasks` Tasks that print a line a second, and `rate` status
+        reads a second (GET /v1/tasks/{id}, every tenth /v1/status), for `seconds`."""
+        namespace = await self.namespace("api")
+        await self.agent(namespace, "talker", QUICK_AGENT)
+        token = await self.reader_token(namespace)
+        operator = await self.start_operator(namespace)
+        talk = seconds + 60
+        prompt = f"i=0; while [ $i -lt {int(talk)} ]; do i=$((i+1)); echo line $i; sleep 1; done"
+        names = [f"talker-{i:03d}" for i in range(tasks)]
+        await self.create_tasks(namespace, {name: {"agent": "talker", "prompt": prompt} for name in names})
+        running: set[str] = set()
+
+        def on_task(kind: str, body: dict[str, Any], at: float) -> None:
+            if (body.get("status") or {}).get("phase") == "Running":
+                running.add(body["metadata"]["name"])
+
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(self.watch_tasks(namespace, on_task, stop))
+        await self.wait_until(f"{tasks} Tasks to run", lambda: len(running) >= tasks, timeout=300)
+        api = TaskApi()
+        await self.wait_until("taskyard-api to answer", api.up, timeout=60)
+        headers = {"Authorization": f"Bearer {token}", "X-Taskyard-Namespace": namespace}
+        lines = [0] * clients
+        read_ms: list[float] = []
+        errors: list[str] = []
+
+        async def sse_client(index: int, session: aiohttp.ClientSession) -> None:
+            url = f"{api.url}/v1/tasks/{names[index % tasks]}/logs/stream"
+            try:
+                async with session.get(url, headers=headers) as response:
+                    async for raw in response.content:
+                        if raw.startswith(b"data: ") and b'"line"' in raw:
+                            lines[index] += 1
+            except (TimeoutError, aiohttp.ClientError) as error:
+                errors.append(f"stream: {error!r}")
+
+        async def status_reads(session: aiohttp.ClientSession) -> None:
+            number = 0
+            started = time.monotonic()
+            pending: set[asyncio.Task[None]] = set()
+            while time.monotonic() - started < seconds:
+                number += 1
+                path = "/v1/status" if number % 10 == 0 else f"/v1/tasks/{names[number % tasks]}"
+                read = asyncio.create_task(one_read(session, path))
+                pending.add(read)
+                read.add_done_callback(pending.discard)
+                await asyncio.sleep(max(0.0, started + number / rate - time.monotonic()))
+            await asyncio.gather(*pending)
+
+        async def one_read(session: aiohttp.ClientSession, path: str) -> None:
+            began = time.monotonic()
+            try:
+                async with session.get(api.url + path, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors.append(f"{path}: {response.status}")
+            except aiohttp.ClientError as error:
+                errors.append(f"{path}: {error!r}")
+            read_ms.append((time.monotonic() - began) * 1000)
+
+        idle_window = 20.0
+        before_idle = await self.api_server_requests()
+        await asyncio.sleep(idle_window)
+        before = await self.api_server_requests()
+        idle_rate = (sum(before.values()) - sum(before_idle.values())) / idle_window
+        api_cpu_before = api.resources()[1]
+        connector = aiohttp.TCPConnector(limit=clients + 100)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            streams = [asyncio.create_task(sse_client(i, session)) for i in range(clients)]
+            profile = CpuProfile()
+            started = time.monotonic()
+            peak_rss = 0.0
+            reads = asyncio.create_task(status_reads(session))
+            while time.monotonic() - started < seconds:
+                await asyncio.sleep(1)
+                peak_rss = max(peak_rss, api.resources()[0])
+            await reads
+            elapsed = time.monotonic() - started
+            after = await self.api_server_requests()
+            open_now = await self.api_server_requests("apiserver_longrunning_requests")
+            cpu = profile.result()
+            api_rss, api_cpu = api.resources()
+            for stream in streams:
+                stream.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+        api.stop()
+        operator.stop()
+        stop.set()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        spent = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+        by_call = {
+            " ".join(filter(None, key)): int(count)
+            for key, count in sorted(spent.items(), key=lambda item: -item[1])
+            if count >= 1
+        }
+        result = {
+            "clients": clients,
+            "tasks": tasks,
+            "reads_per_second": round(len(read_ms) / elapsed, 1),
+            "read_p50_ms": round(percentile(read_ms, 0.5), 1),
+            "read_p99_ms": round(percentile(read_ms, 0.99), 1),
+            "lines_per_client_min": min(lines),
+            "lines_per_client_median": sorted(lines)[len(lines) // 2],
+            "errors": len(errors),
+            "first_errors": errors[:5],
+            "api_server_requests_per_second": round(sum(spent.values()) / elapsed, 1),
+            "api_server_requests_per_second_idle": round(idle_rate, 1),
+            "api_server_requests_by_call": dict(list(by_call.items())[:12]),
+            "api_server_log_follows_open": int(
+                sum(count for (_, kind, sub), count in open_now.items() if (kind, sub) == ("pods", "log"))
+            ),
+            "component_cpu_share": round((api_cpu - api_cpu_before) / elapsed, 2),
+            "component_rss_mib": round(api_rss, 1),
+            "component_peak_rss_mib": round(max(peak_rss, api_rss), 1),
+            "seconds": round(elapsed, 1),
+            "cpu": cpu,
+        }
+        await self.drop_namespace(namespace)
+        return result
+
     # --- 5: thousands at once on simulated nodes --------------------------------------------------
 
     async def simulated_nodes(self, count: int) -> list[str]:
@@ -1023,12 +1211,13 @@ def compare(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 async def main() -> int:
     await config.load_kube_config()
-    only = set(os.environ.get("BENCH_ONLY", "burst,sustained,queue,simulated,scale").split(","))
+    only = set(os.environ.get("BENCH_ONLY", "burst,sustained,queue,api,simulated,scale").split(","))
     results: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
     results["modes"] = {
         "burst": "real API server and controllers; pods never scheduled (no scheduler or kubelet work)",
         "sustained": "as burst, Tasks applied at a steady rate",
         "queue": "real API server, controllers, scheduler and kubelet; real pods",
+        "api": "real API server, controllers, scheduler and kubelet; real pods; taskyard-api on loopback",
         "simulated": "real API server, controllers and scheduler; nodes and their pods simulated by kwok",
         "scale": "real API server and controllers; finished Tasks with their Jobs and pods "
         "(the pods bound to a node no kubelet serves)",
@@ -1099,6 +1288,32 @@ async def main() -> int:
                 f"{queue['jobs']} Jobs, {queue['failed']} not Succeeded",
                 flush=True,
             )
+            keep()
+        if "api" in only:
+            api = await bench.task_api(
+                int(os.environ.get("BENCH_API_CLIENTS", "200")),
+                int(os.environ.get("BENCH_API_TASKS", "20")),
+                float(os.environ.get("BENCH_API_RATE", "50")),
+                float(os.environ.get("BENCH_API_SECONDS", "60")),
+            )
+            results["api"] = api
+            print(
+                f"task API: {api['clients']} SSE clients on {api['tasks']} Tasks and "
+                f"{api['reads_per_second']} status reads/s (p50 {api['read_p50_ms']} ms, p99 "
+                f"{api['read_p99_ms']} ms) for {api['seconds']}s: API server "
+                f"{api['api_server_requests_per_second']} requests/s (operator alone "
+                f"{api['api_server_requests_per_second_idle']}/s); taskyard-api "
+                f"CPU {api['component_cpu_share']} of a core, RSS {api['component_rss_mib']} MiB (peak "
+                f"{api['component_peak_rss_mib']}); lines per client min {api['lines_per_client_min']}, "
+                f"median {api['lines_per_client_median']}; {api['errors']} errors {api['first_errors']}",
+                flush=True,
+            )
+            print(
+                f"  API server requests in the window: {api['api_server_requests_by_call']}; log follows "
+                f"open at its end: {api['api_server_log_follows_open']}",
+                flush=True,
+            )
+            print(f"  CPU: {cpu_line(api['cpu'])}", flush=True)
             keep()
         if "simulated" in only:
             simulated = await bench.simulated(
