@@ -228,6 +228,9 @@ class Controller:
             self.settings.egress_denied_cidrs, self.settings.egress_allow_dns
         )
         self.blocked_until: dict[str, float] = {}  # uid -> monotonic time its Job creation may be tried again
+        # uid -> Job creations that failed in a row: the back-off doubles with each, whatever reconciles
+        # succeed in between (a status write alone brings one), until a Job is created.
+        self.start_failures: dict[str, int] = {}
         # uid -> name of the Job this operator created, until the Task is final: the status names its Job
         # only once the watch has shown it, and a Job that vanishes before that must fail the Task
         # (JobDeleted), never be created a second time.
@@ -328,11 +331,11 @@ class Controller:
         if new is None:
             self.admission_needed.set()  # its slot or place in the queue is free
             return
-        if new.waiting and new.uid not in self.reserved:
-            self._wait_in_line(new)
-        elif not new.waiting:
+        put_in_line = new.waiting and new.uid not in self.reserved and self._wait_in_line(new)
+        if not new.waiting:
             self.waiting.remove(new.uid)
-        if old is None or old.waiting != new.waiting or old.uid != new.uid:
+        if put_in_line or old is None or old.waiting != new.waiting or old.uid != new.uid:
+            # A Task back in line after a failed start counts too: no later reconcile of it will.
             self.admission_needed.set()
         self._touch(new)
 
@@ -366,7 +369,13 @@ class Controller:
             self.queue.add(task.key)
             return
         # Nothing of a finished Task is needed in memory beyond its record.
-        for memory in (self.reserved, self.logs_collected_from, self.blocked_until, self.created_jobs):
+        for memory in (
+            self.reserved,
+            self.logs_collected_from,
+            self.blocked_until,
+            self.start_failures,
+            self.created_jobs,
+        ):
             memory.pop(task.uid, None)
         self.log_followers.forget(task.uid)
         due = self._tidy_due(task)
@@ -418,6 +427,7 @@ class Controller:
             self.written,
             self.logs_collected_from,
             self.blocked_until,
+            self.start_failures,
             self.created_jobs,
         ):
             memory.pop(uid, None)
@@ -475,8 +485,9 @@ class Controller:
     async def _admission_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                # Also on a clock: aging changes the order, and back-offs and reservations expire.
-                async with asyncio.timeout(5.0 if (self.waiting or self.reserved) else None):
+                # Also on a clock: aging changes the order, and back-offs and reservations expire. (Always:
+                # a Task can come into line while this waits, and a pass with none waiting costs nothing.)
+                async with asyncio.timeout(5.0):
                     await self.admission_needed.wait()
             self.admission_needed.clear()
             try:
@@ -719,6 +730,7 @@ class Controller:
             await self._creation_failed(task, _describe(error))
             raise
         reservation.created = True
+        self.start_failures.pop(task.uid, None)
         self.created_jobs[task.uid] = job["metadata"]["name"]
         metrics.ADMISSION_WAIT.observe(max(time.time() - _epoch(task.created), 0))
         message = f"created Job {job['metadata']['name']}; waiting for its pod to start"
@@ -728,9 +740,13 @@ class Controller:
     async def _creation_failed(self, task: TaskRecord, reason: str) -> None:
         """A Job that could not be created (quota, API trouble): the Task gives its slot back and waits
         out its own back-off, out of the queue's way, saying why in its status."""
-        delay = self.queue.next_delay(task.key)
+        failures = self.start_failures.get(task.uid, 0)
+        self.start_failures[task.uid] = failures + 1
+        delay = min(self.settings.retry_base_seconds * 2**failures, self.settings.retry_max_seconds)
         self.blocked_until[task.uid] = time.monotonic() + delay
         self.admission_needed.set()
+        # An admission pass when the back-off ends, whatever else happens by then.
+        asyncio.get_running_loop().call_later(delay + 0.01, self.admission_needed.set)
         message = f"creating the Job failed ({reason}); trying again in {delay:.0f}s"
         with contextlib.suppress(Exception):
             await self._patch_status(task, {"reason": "JobCreateFailed", "message": message})

@@ -130,6 +130,46 @@ def test_a_quota_refusal_gives_the_slot_back_and_backs_off_on_its_own():
     run(scenario())
 
 
+def test_a_refused_start_is_tried_again_when_its_back_off_ends_and_the_back_off_doubles():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("blocked")
+            fake.route(CONFIG_MAPS, created())
+
+            async def refuse(request: web.Request) -> web.StreamResponse:
+                message = 'jobs.batch "blocked" is forbidden: exceeded quota: q'
+                return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
+
+            fake.route(JOBS, refuse)
+            controller = controller_for(fake, max_concurrent=1, retry_base_seconds=0.2)
+            add_task(controller, task_body("blocked"))
+            for attempt, delay in enumerate(["0s", "0s", "1s"]):  # 0.2, 0.4, 0.8 s
+                [key] = controller.admit()
+                with pytest.raises(Exception, match="403"):
+                    await controller.reconcile(key)
+                assert patches[-1][1]["message"].endswith(f"trying again in {delay}")
+                # The status write comes back as an event, which puts the Task back in line: that
+                # alone must lead to an admission pass once the back-off is over (no reconcile of the
+                # Task is needed, and that reconcile succeeding must not reset the back-off).
+                controller.admission_needed.clear()
+                add_task(
+                    controller, task_body("blocked", status={"phase": "Queued", "reason": "JobCreateFailed"})
+                )
+                assert controller.admission_needed.is_set()
+                await controller.reconcile(key)
+                assert controller.admit() == []  # still backing off
+                controller.admission_needed.clear()
+                started = time.monotonic()
+                await asyncio.wait_for(controller.admission_needed.wait(), timeout=3)
+                assert time.monotonic() - started == pytest.approx(0.2 * 2**attempt, abs=0.15)
+            assert controller.start_failures["uid-blocked"] == 3
+            await controller.api.close()
+
+    run(scenario())
+
+
 @pytest.mark.parametrize(
     ("owners", "outcome"),
     [
