@@ -1301,7 +1301,7 @@ async def main() -> int:
                 f"task API: {api['clients']} SSE clients on {api['tasks']} Tasks and "
                 f"{api['reads_per_second']} status reads/s (p50 {api['read_p50_ms']} ms, p99 "
                 f"{api['read_p99_ms']} ms) for {api['seconds']}s: API server "
-                f"{api['api_server_requests_per_second']} requests/s (operator alone "
+                f"{api['api_server_requests_per_second']} requests/s (before the clients "
                 f"{api['api_server_requests_per_second_idle']}/s); taskyard-api "
                 f"CPU {api['component_cpu_share']} of a core, RSS {api['component_rss_mib']} MiB (peak "
                 f"{api['component_peak_rss_mib']}); lines per client min {api['lines_per_client_min']}, "
