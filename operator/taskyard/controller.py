@@ -742,7 +742,9 @@ class Controller:
         out its own back-off, out of the queue's way, saying why in its status."""
         failures = self.start_failures.get(task.uid, 0)
         self.start_failures[task.uid] = failures + 1
-        delay = min(self.settings.retry_base_seconds * 2**failures, self.settings.retry_max_seconds)
+        delay = min(
+            self.settings.retry_base_seconds * 2 ** min(failures, 30), self.settings.retry_max_seconds
+        )
         self.blocked_until[task.uid] = time.monotonic() + delay
         self.admission_needed.set()
         # An admission pass when the back-off ends, whatever else happens by then.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from taskyard.api import GROUP, LABEL_TASK, VERSION
+from taskyard.api import DNS1123_SUBDOMAIN_PATTERN, GROUP, LABEL_TASK, VERSION
 from taskyard.render import CONTAINER_NAME, label_value_for
 
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -27,6 +28,7 @@ FOLLOW_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10)
 LINE_MAX_BYTES = 64 * 1024
 _SERVICE_ACCOUNT = "system:serviceaccount:"
 OUR_RESOURCES = ("tasks", "agents", "clusteragents")
+_OBJECT_NAME = re.compile(DNS1123_SUBDOMAIN_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,13 @@ class UserKube:
     # --- the calls -------------------------------------------------------------------------------
 
     def _tasks(self, name: str = "") -> str:
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(self.namespace)}/tasks"
-        return f"{path}/{quote(name)}" if name else path
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{_seg(self.namespace)}/tasks"
+        if not name:
+            return path
+        if len(name) > 253 or not _OBJECT_NAME.match(name):
+            # No Task has such a name; and a path ("../..") in it must never reach another resource.
+            raise KubeError(404, f'tasks.{GROUP} "{name}" not found: not a Kubernetes object name')
+        return f"{path}/{_seg(name)}"
 
     async def get_task(self, name: str) -> dict[str, Any]:
         return await self.request("GET", self._tasks(name))
@@ -139,8 +146,8 @@ class UserKube:
         """Whether an Agent of the namespace or a ClusterAgent has this name; None when the caller may
         not look (the operator then reports it on the Task)."""
         for path in (
-            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(self.namespace)}/agents/{quote(name)}",
-            f"/apis/{GROUP}/{VERSION}/clusteragents/{quote(name)}",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{_seg(self.namespace)}/agents/{_seg(name)}",
+            f"/apis/{GROUP}/{VERSION}/clusteragents/{_seg(name)}",
         ):
             try:
                 await self.request("GET", path)
@@ -155,7 +162,7 @@ class UserKube:
     async def events_of(self, task: dict[str, Any]) -> list[dict[str, Any]]:
         selector = f"involvedObject.kind=Task,involvedObject.uid={task['metadata']['uid']}"
         found = await self.request(
-            "GET", f"/api/v1/namespaces/{quote(self.namespace)}/events", params={"fieldSelector": selector}
+            "GET", f"/api/v1/namespaces/{_seg(self.namespace)}/events", params={"fieldSelector": selector}
         )
         return found.get("items") or []
 
@@ -163,7 +170,7 @@ class UserKube:
         """The namespace's Agents and the ClusterAgents; a kind the caller may not list is empty."""
         found: list[list[dict[str, Any]]] = []
         for path in (
-            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(self.namespace)}/agents",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{_seg(self.namespace)}/agents",
             f"/apis/{GROUP}/{VERSION}/clusteragents",
         ):
             try:
@@ -177,14 +184,16 @@ class UserKube:
     async def pods_of(self, task_name: str) -> list[dict[str, Any]]:
         found = await self.request(
             "GET",
-            f"/api/v1/namespaces/{quote(self.namespace)}/pods",
+            f"/api/v1/namespaces/{_seg(self.namespace)}/pods",
             params={"labelSelector": f"{LABEL_TASK}={label_value_for(task_name)}"},
         )
         return found.get("items") or []
 
     async def config_map(self, name: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", f"/api/v1/namespaces/{quote(self.namespace)}/configmaps/{name}")
+            return await self.request(
+                "GET", f"/api/v1/namespaces/{_seg(self.namespace)}/configmaps/{_seg(name)}"
+            )
         except KubeError as error:
             if error.status == 404:
                 return None
@@ -217,7 +226,7 @@ class UserKube:
     async def log_lines(self, pod: str) -> AsyncIterator[str]:
         """The agent container's log, followed, line by line with the kubelet's timestamps. Bytes that
         are not UTF-8 are replaced; a line longer than LINE_MAX_BYTES comes in pieces."""
-        url = f"{self.endpoint.server}/api/v1/namespaces/{quote(self.namespace)}/pods/{quote(pod)}/log"
+        url = f"{self.endpoint.server}/api/v1/namespaces/{_seg(self.namespace)}/pods/{_seg(pod)}/log"
         params = {"container": CONTAINER_NAME, "follow": "true", "timestamps": "true"}
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
@@ -243,6 +252,11 @@ class UserKube:
             raise KubeError(504, "the Kubernetes API server did not answer in time") from None
         except aiohttp.ClientConnectionError as error:
             raise KubeError(502, f"the Kubernetes API server could not be reached: {error}") from None
+
+
+def _seg(value: str) -> str:
+    """A path segment: a '/' in it is escaped, so that it can never name another resource."""
+    return quote(value, safe="")
 
 
 def in_cluster_ca_file() -> str:

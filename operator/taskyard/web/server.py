@@ -26,7 +26,7 @@ from aiohttp import web
 
 from taskyard.web import seed
 from taskyard.web.kube import Endpoint, KubeError, UserKube, service_account_namespace
-from taskyard.web.sharing import AccessReviews, LogFeeds, SharedReads, TaskReads
+from taskyard.web.sharing import ACCESS_SECONDS, AccessReviews, LogFeeds, SharedReads, TaskReads
 
 log = logging.getLogger("taskyard.api")
 
@@ -52,6 +52,7 @@ class ApiConfig:
     default_namespace: str = "default"
     heartbeat_seconds: float = HEARTBEAT_SECONDS
     poll_seconds: float = POLL_SECONDS
+    access_seconds: float = ACCESS_SECONDS  # how long a caller's "allowed" is trusted
     started: float = field(default_factory=time.monotonic)
     default_namespaces: OrderedDict[str, tuple[float, str]] = field(default_factory=OrderedDict)
     cpu_mark: tuple[float, float] = field(default_factory=lambda: (time.monotonic(), time.process_time()))
@@ -375,7 +376,7 @@ async def healthz(request: web.Request) -> web.Response:
 def make_app(config: ApiConfig) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=256 * 1024)
     app[_CONFIG] = config
-    access = AccessReviews()
+    access = AccessReviews(seconds=config.access_seconds)
     app[_READS] = TaskReads(access, SharedReads())
     app[_FEEDS] = LogFeeds(access, config.poll_seconds)
 

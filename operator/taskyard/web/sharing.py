@@ -94,15 +94,19 @@ class SharedReads:
             answer.add_done_callback(_retrieved)
             self.answers[key] = (now + self.seconds, answer)
             self.answers.move_to_end(key)
-            while len(self.answers) > self.entries:
+            # Oldest first, and all kept equally long: what is expired is at the front.
+            while self.answers and (
+                len(self.answers) > self.entries or next(iter(self.answers.values()))[0] <= now
+            ):
                 self.answers.popitem(last=False)
             known = self.answers[key]
         return await asyncio.shield(known[1])
 
     def forget(self, *key: str) -> None:
-        """Drops what was read of a Task (and of its namespace's list) after this server changed it."""
-        for found in [k for k in self.answers if k[: len(key)] == key or k == ("list", key[1])]:
-            del self.answers[found]
+        """Drops a shared read; for a Task's, its namespace's list too (this server changed the Task)."""
+        self.answers.pop(key, None)
+        if key[0] == "get":
+            self.answers.pop(("list", key[1]), None)
 
 
 def _retrieved(answer: asyncio.Future[Any]) -> None:
@@ -120,12 +124,26 @@ class TaskReads:
     async def task(self, kube: UserKube, name: str) -> dict[str, Any]:
         if not await self.access.allows(kube, "get", "tasks"):
             return await kube.get_task(name)  # the API server's own refusal (or answer)
-        return await self.reads.read(("get", kube.namespace, name), lambda: kube.get_task(name))
+        try:
+            return await self.reads.read(("get", kube.namespace, name), lambda: kube.get_task(name))
+        except KubeError as error:
+            if error.status not in REFUSED:
+                raise
+            # The token that made the shared read was refused (expired, its rights revoked since its
+            # review): that is its own answer, not this caller's.
+            self.reads.forget("get", kube.namespace, name)
+            return await kube.get_task(name)
 
     async def tasks(self, kube: UserKube) -> list[dict[str, Any]]:
         if not await self.access.allows(kube, "list", "tasks"):
             return await kube.list_tasks()
-        return await self.reads.read(("list", kube.namespace), kube.list_tasks)
+        try:
+            return await self.reads.read(("list", kube.namespace), kube.list_tasks)
+        except KubeError as error:
+            if error.status not in REFUSED:
+                raise
+            self.reads.forget("list", kube.namespace)
+            return await kube.list_tasks()
 
     def changed(self, namespace: str, name: str) -> None:
         self.reads.forget("get", namespace, name)
@@ -198,6 +216,7 @@ class LogFeed:
         task: dict[str, Any],
         poll: float,
         on_end: Callable[[LogFeed], None],
+        access: AccessReviews | None = None,
         history_bytes: int = HISTORY_BYTES,
     ) -> None:
         self.name = task["metadata"]["name"]
@@ -212,6 +231,8 @@ class LogFeed:
         self.finished_pods: set[str] = set()
         self.lines_of: dict[str, int] = {}  # pod -> lines sent, to resume after a change of token
         self.runner: asyncio.Task[None] | None = None
+        self.access = access
+        self.guard: asyncio.Task[None] | None = None
 
     def join(self, kube: UserKube) -> Subscriber:
         subscriber = Subscriber(kube)
@@ -224,6 +245,8 @@ class LogFeed:
         self.subscribers.append(subscriber)
         if self.runner is None:
             self.runner = asyncio.create_task(self._run())
+            if self.access is not None:
+                self.guard = asyncio.create_task(self._guard(self.access))
         return subscriber
 
     def leave(self, subscriber: Subscriber) -> None:
@@ -248,9 +271,26 @@ class LogFeed:
                 self.left_out += 1
 
     def _stop(self) -> None:
-        if self.runner is not None and self.runner is not asyncio.current_task():
-            self.runner.cancel()
+        for task in (self.runner, self.guard):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
         self.on_end(self)
+
+    async def _guard(self, access: AccessReviews) -> None:
+        """Asks again, as often as an answer is trusted, whether each client may still read the Task
+        and its logs: one whose token expired or whose rights were taken away is told and let go, as
+        its own follow would have been refused."""
+        while self.subscribers:
+            await asyncio.sleep(access.seconds)
+            for subscriber in list(self.subscribers):
+                try:
+                    allowed = await access.allows_all(subscriber.kube, ("get", "tasks", ""), *LOG_RIGHTS)
+                    message = "this token may no longer read the task's log"
+                except KubeError as error:
+                    allowed, message = False, error.message
+                if not allowed and subscriber in self.subscribers:
+                    subscriber.put(("error", {"message": message}))
+                    self.leave(subscriber)
 
     def _end_all(self, event: Event) -> None:
         for subscriber in self.subscribers:
@@ -313,13 +353,14 @@ class LogFeed:
     async def _follow_pod(self, kube: UserKube, pod: str) -> None:
         skip = self.lines_of.get(pod, 0)
         try:
-            async for raw in kube.log_lines(pod):
-                if skip:
-                    skip -= 1
-                    continue
-                text, stamp = seed.log_line(raw)
-                self.lines_of[pod] = self.lines_of.get(pod, 0) + 1
-                self.publish((None, {"line": text, "timestamp": stamp or seed.millis(datetime.now(UTC))}))
+            async with contextlib.aclosing(kube.log_lines(pod)) as lines:
+                async for raw in lines:
+                    if skip:
+                        skip -= 1
+                        continue
+                    text, stamp = seed.log_line(raw)
+                    self.lines_of[pod] = self.lines_of.get(pod, 0) + 1
+                    self.publish((None, {"line": text, "timestamp": stamp or seed.millis(datetime.now(UTC))}))
         except KubeError as error:
             if error.status not in (400, 404):  # 400/404: the pod or its container is gone already
                 raise
@@ -347,11 +388,14 @@ class LogFeeds:
         the log gets a feed of its own, so that the API server answers them as it would anyway."""
         key = (kube.namespace, task["metadata"]["name"], task["metadata"]["uid"])
         if not await self.access.allows_all(kube, *LOG_RIGHTS):
-            feed = LogFeed(task, self.poll, lambda feed: None)
+            # Its own, as before any sharing: nothing to replay to anyone, so no history is kept.
+            feed = LogFeed(task, self.poll, lambda feed: None, history_bytes=0)
             return feed, feed.join(kube)
         feed = self.feeds.get(key)
         if feed is None:
-            feed = self.feeds[key] = LogFeed(task, self.poll, lambda ended: self._ended(key, ended))
+            feed = self.feeds[key] = LogFeed(
+                task, self.poll, lambda ended: self._ended(key, ended), access=self.access
+            )
         return feed, feed.join(kube)
 
     def _ended(self, key: tuple[str, str, str], feed: LogFeed) -> None:
