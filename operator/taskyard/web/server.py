@@ -304,6 +304,7 @@ async def stream_logs(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         feed.leave(subscriber)
+        subscriber.release()
 
 
 # --- what the dashboard reads besides ----------------------------------------------------------------

@@ -33,6 +33,8 @@ READ_SECONDS = 1.0  # how old a shared read may be
 READ_ENTRIES = 8192
 HISTORY_BYTES = 4 * 1024 * 1024  # of a followed log, replayed to clients that join late
 BACKLOG_BYTES = 8 * 1024 * 1024  # unsent to one client before it is given up as too slow
+# Log lines held for clients in all (histories and backlogs): well inside the chart's 256 MiB limit.
+BUDGET_BYTES = 64 * 1024 * 1024
 REFUSED = (401, 403)
 
 Event = tuple[str | None, dict[str, Any]]
@@ -160,11 +162,30 @@ class _NoOneLeft(Exception):
     """Every client of a feed has gone (too slow, all of them): the follow stops."""
 
 
-class Subscriber:
-    """One client of a feed: the events it has yet to be sent, up to BACKLOG_BYTES."""
+class Budget:
+    """Bytes of log lines held for clients, across every feed: the histories and the backlogs."""
 
-    def __init__(self, kube: UserKube, backlog_bytes: int = BACKLOG_BYTES) -> None:
+    def __init__(self, limit: int = BUDGET_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
+class Subscriber:
+    """One client of a feed: the events it has yet to be sent, up to BACKLOG_BYTES of its own and
+    within the shared budget."""
+
+    def __init__(self, kube: UserKube, budget: Budget | None = None, backlog_bytes: int = BACKLOG_BYTES):
         self.kube = kube
+        self.budget = budget or Budget()
         self.backlog_bytes = backlog_bytes
         self.pending: deque[Event] = deque()
         self.pending_bytes = 0
@@ -174,10 +195,13 @@ class Subscriber:
     def put(self, event: Event) -> None:
         if self.ended:
             return
+        if event[0] is not None:  # a control event (complete, error): small, and always delivered
+            self.pending.append(event)
+            self.ready.set()
+            return
         size = _size(event)
-        if self.pending_bytes + size > self.backlog_bytes:
-            self.pending.clear()
-            self.pending_bytes = 0
+        if self.pending_bytes + size > self.backlog_bytes or not self.budget.take(size):
+            self.release()
             self.pending.append(("error", {"message": "this client reads the stream too slowly; reconnect"}))
             self.end()
             return
@@ -189,11 +213,20 @@ class Subscriber:
         self.ended = True
         self.ready.set()
 
+    def release(self) -> None:
+        """Drops what was not sent (the client is gone, or is let go) and gives its bytes back."""
+        self.pending.clear()
+        self.budget.give(self.pending_bytes)
+        self.pending_bytes = 0
+
     async def events(self) -> AsyncIterator[Event]:
         while True:
             while self.pending:
                 event = self.pending.popleft()
-                self.pending_bytes -= _size(event)
+                if event[0] is None:
+                    size = _size(event)
+                    self.pending_bytes -= size
+                    self.budget.give(size)
                 yield event
             if self.ended:
                 return
@@ -218,7 +251,9 @@ class LogFeed:
         on_end: Callable[[LogFeed], None],
         access: AccessReviews | None = None,
         history_bytes: int = HISTORY_BYTES,
+        budget: Budget | None = None,
     ) -> None:
+        self.budget = budget or Budget()
         self.name = task["metadata"]["name"]
         self.uid = task["metadata"]["uid"]
         self.poll = poll
@@ -235,7 +270,7 @@ class LogFeed:
         self.guard: asyncio.Task[None] | None = None
 
     def join(self, kube: UserKube) -> Subscriber:
-        subscriber = Subscriber(kube)
+        subscriber = Subscriber(kube, self.budget)
         if self.left_out:
             subscriber.put(
                 (None, {"line": f"[taskyard: the first {self.left_out} lines are left out]", "timestamp": 0})
@@ -262,15 +297,27 @@ class LogFeed:
             if subscriber.ended:
                 self.subscribers.remove(subscriber)
         if not self.subscribers:
+            self._stop()
             raise _NoOneLeft
         if event[0] is None:
-            self.history.append(event)
-            self.history_size += _size(event)
-            while self.history_size > self.history_bytes and self.history:
-                self.history_size -= _size(self.history.popleft())
+            size = _size(event)
+            while self.history and (
+                self.history_size + size > self.history_bytes or not self.budget.take(size)
+            ):
+                dropped = _size(self.history.popleft())
+                self.history_size -= dropped
+                self.budget.give(dropped)
+                self.left_out += 1
+            if self.history_size + size <= self.history_bytes and (self.history or self.budget.take(size)):
+                self.history.append(event)
+                self.history_size += size
+            else:
                 self.left_out += 1
 
     def _stop(self) -> None:
+        self.history.clear()
+        self.budget.give(self.history_size)
+        self.history_size = 0
         for task in (self.runner, self.guard):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -314,7 +361,7 @@ class LogFeed:
                     holder.put(("error", {"message": error.message}))
                     self.leave(holder)
         except _NoOneLeft:
-            self.on_end(self)
+            pass  # publish has stopped the feed
         except KubeError as error:
             self._end_all(("error", {"message": error.message}))
         except asyncio.CancelledError:
@@ -378,9 +425,10 @@ class LogFeed:
 class LogFeeds:
     """The feeds being followed, one per Task (namespace, name, uid)."""
 
-    def __init__(self, access: AccessReviews, poll: float) -> None:
+    def __init__(self, access: AccessReviews, poll: float, budget: Budget | None = None) -> None:
         self.access = access
         self.poll = poll
+        self.budget = budget or Budget()
         self.feeds: dict[tuple[str, str, str], LogFeed] = {}
 
     async def subscribe(self, kube: UserKube, task: dict[str, Any]) -> tuple[LogFeed, Subscriber]:
@@ -389,12 +437,12 @@ class LogFeeds:
         key = (kube.namespace, task["metadata"]["name"], task["metadata"]["uid"])
         if not await self.access.allows_all(kube, *LOG_RIGHTS):
             # Its own, as before any sharing: nothing to replay to anyone, so no history is kept.
-            feed = LogFeed(task, self.poll, lambda feed: None, history_bytes=0)
+            feed = LogFeed(task, self.poll, lambda feed: None, history_bytes=0, budget=self.budget)
             return feed, feed.join(kube)
         feed = self.feeds.get(key)
         if feed is None:
             feed = self.feeds[key] = LogFeed(
-                task, self.poll, lambda ended: self._ended(key, ended), access=self.access
+                task, self.poll, lambda ended: self._ended(key, ended), access=self.access, budget=self.budget
             )
         return feed, feed.join(kube)
 
