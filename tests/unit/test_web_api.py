@@ -695,3 +695,57 @@ def test_lines_held_for_clients_stay_within_the_shared_budget_and_are_given_back
         assert budget.used == 0
 
     run(scenario())
+
+
+def test_a_task_id_that_is_not_a_name_never_reaches_another_resource() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        named = await client.get("/v1/tasks/..%2F..%2Fsecrets%2Fs", headers=auth())
+        assert "not a Kubernetes object name" in (await named.json())["error"]
+        for task_id in ("..%2F..%2Fsecrets%2Fs", "..", "a%2Fb", "Upper"):
+            answer = await client.get(f"/v1/tasks/{task_id}", headers=auth())
+            assert answer.status == 404, task_id
+            assert "error" in await answer.json()  # ".." the client itself resolves: no route
+            assert (await client.get(f"/v1/tasks/{task_id}/logs/stream", headers=auth())).status == 404
+            assert (await client.delete(f"/v1/tasks/{task_id}", headers=auth())).status == 404
+        assert not [path for _, path, _ in fake.requests if "secrets" in path or path.endswith("/tasks/..")]
+
+    scenario(test)
+
+
+def test_a_client_whose_rights_are_taken_away_is_let_go_from_the_shared_stream() -> None:
+    async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
+        client_ = await api_client(fake, access_seconds=0.2, heartbeat_seconds=60)
+        cluster.add(task("talker", "Running"))
+        pod = {
+            "metadata": {"name": "talker-abc", "creationTimestamp": "2026-01-01T11:59:10Z"},
+            "status": {"containerStatuses": [{"name": "agent", "state": {"running": {}}}]},
+        }
+
+        async def pods(request: web.Request) -> web.StreamResponse:
+            return web.json_response({"items": [pod]})
+
+        async def log(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"2026-01-01T12:00:00Z before\n")
+            await asyncio.sleep(30)
+            return response
+
+        fake.route(f"/api/v1/namespaces/{NS}/pods", pods)
+        fake.route(f"/api/v1/namespaces/{NS}/pods/talker-abc/log", log)
+
+        async def revoke() -> None:
+            await asyncio.sleep(0.3)
+            cluster.denied.add(("get", "pods/log"))
+
+        revoking = asyncio.create_task(revoke())
+        answer = await asyncio.wait_for(client_.get("/v1/tasks/talker/logs/stream", headers=auth()), 5)
+        events = sse_events(await asyncio.wait_for(answer.text(), 5))
+        await revoking
+        await client_.close()
+        assert events == [
+            ("message", {"line": "before", "timestamp": 1767268800000}),
+            ("error", {"message": "this token may no longer read the task's log"}),
+        ]
+
+    scenario(test)
