@@ -91,21 +91,25 @@ def add_task(controller: Controller, body: dict) -> None:
     controller._task_changed((NS, record.name), old, record)
 
 
+def quota_refuses_jobs_of(fake: FakeApi, name: str) -> list[tuple[str, dict]]:
+    """A ResourceQuota refuses the Task's Job; returns the status patches the Task gets."""
+    patches: list[tuple[str, dict]] = []
+    status_api(fake, patches)
+    fake.status_route(name)
+    fake.route(CONFIG_MAPS, created())
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        message = f'jobs.batch "{name}" is forbidden: exceeded quota: q, requested: count/jobs.batch=1'
+        return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
+
+    fake.route(JOBS, refuse)
+    return patches
+
+
 def test_a_quota_refusal_gives_the_slot_back_and_backs_off_on_its_own():
     async def scenario() -> None:
         async with FakeApi() as fake:
-            patches: list[tuple[str, dict]] = []
-            status_api(fake, patches)
-            fake.status_route("blocked")
-            fake.route(CONFIG_MAPS, created())
-
-            async def refuse(request: web.Request) -> web.StreamResponse:
-                message = (
-                    'jobs.batch "blocked" is forbidden: exceeded quota: q, requested: count/jobs.batch=1'
-                )
-                return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
-
-            fake.route(JOBS, refuse)
+            patches = quota_refuses_jobs_of(fake, "blocked")
             controller = controller_for(fake, max_concurrent=1)
             add_task(controller, task_body("blocked", priority="critical"))
             add_task(controller, task_body("behind", priority="low"))
@@ -133,16 +137,7 @@ def test_a_quota_refusal_gives_the_slot_back_and_backs_off_on_its_own():
 def test_a_refused_start_is_tried_again_when_its_back_off_ends_and_the_back_off_doubles():
     async def scenario() -> None:
         async with FakeApi() as fake:
-            patches: list[tuple[str, dict]] = []
-            status_api(fake, patches)
-            fake.status_route("blocked")
-            fake.route(CONFIG_MAPS, created())
-
-            async def refuse(request: web.Request) -> web.StreamResponse:
-                message = 'jobs.batch "blocked" is forbidden: exceeded quota: q'
-                return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
-
-            fake.route(JOBS, refuse)
+            patches = quota_refuses_jobs_of(fake, "blocked")
             controller = controller_for(fake, max_concurrent=1, retry_base_seconds=0.2)
             add_task(controller, task_body("blocked"))
             for attempt, delay in enumerate(["0s", "0s", "1s"]):  # 0.2, 0.4, 0.8 s

@@ -542,6 +542,19 @@ def test_the_dashboards_reads_list_every_task_its_events_and_the_agents() -> Non
 # --- sharing between callers ---------------------------------------------------------------------------
 
 
+def serve_running_pod(fake: FakeApi) -> None:
+    """The Task "talker" has one pod, talker-abc, whose agent runs."""
+    pod = {
+        "metadata": {"name": "talker-abc", "creationTimestamp": "2026-01-01T11:59:10Z"},
+        "status": {"containerStatuses": [{"name": "agent", "state": {"running": {}}}]},
+    }
+
+    async def pods(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"items": [pod]})
+
+    fake.route(f"/api/v1/namespaces/{NS}/pods", pods)
+
+
 def test_concurrent_status_reads_share_one_request_and_each_caller_is_authorized_once() -> None:
     async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
         cluster.add(task("known", "Running", startTime="2026-01-01T11:59:30Z"))
@@ -585,15 +598,8 @@ def test_many_clients_of_one_tasks_log_share_one_follow_and_a_late_one_gets_it_a
     async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
         body = task("talker", "Running")
         cluster.add(body)
-        pod = {
-            "metadata": {"name": "talker-abc", "creationTimestamp": "2026-01-01T11:59:10Z"},
-            "status": {"containerStatuses": [{"name": "agent", "state": {"running": {}}}]},
-        }
         follows = 0
         go_on = asyncio.Event()
-
-        async def pods(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"items": [pod]})
 
         async def log(request: web.Request) -> web.StreamResponse:
             nonlocal follows
@@ -606,7 +612,7 @@ def test_many_clients_of_one_tasks_log_share_one_follow_and_a_late_one_gets_it_a
             body["status"] = {"phase": "Succeeded", "exitCode": 0}
             return response
 
-        fake.route(f"/api/v1/namespaces/{NS}/pods", pods)
+        serve_running_pod(fake)
         fake.route(f"/api/v1/namespaces/{NS}/pods/talker-abc/log", log)
 
         async def read_stream() -> list[tuple[str, dict[str, Any]]]:
@@ -633,19 +639,12 @@ def test_a_caller_not_allowed_to_read_logs_does_not_share_the_follow() -> None:
     async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
         cluster.add(task("talker", "Running"))
         cluster.denied.add(("get", "pods/log"))
-        pod = {
-            "metadata": {"name": "talker-abc", "creationTimestamp": "2026-01-01T11:59:10Z"},
-            "status": {"containerStatuses": [{"name": "agent", "state": {"running": {}}}]},
-        }
-
-        async def pods(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"items": [pod]})
 
         async def log(request: web.Request) -> web.StreamResponse:
             message = 'pods "talker-abc" is forbidden: User "robot" cannot get resource "pods/log"'
             return web.json_response({"kind": "Status", "code": 403, "message": message}, status=403)
 
-        fake.route(f"/api/v1/namespaces/{NS}/pods", pods)
+        serve_running_pod(fake)
         fake.route(f"/api/v1/namespaces/{NS}/pods/talker-abc/log", log)
         answer = await client.get("/v1/tasks/talker/logs/stream", headers=auth())
         events = sse_events(await answer.text())
@@ -716,13 +715,6 @@ def test_a_client_whose_rights_are_taken_away_is_let_go_from_the_shared_stream()
     async def test(fake: FakeApi, cluster: Cluster, client: TestClient) -> None:
         client_ = await api_client(fake, access_seconds=0.2, heartbeat_seconds=60)
         cluster.add(task("talker", "Running"))
-        pod = {
-            "metadata": {"name": "talker-abc", "creationTimestamp": "2026-01-01T11:59:10Z"},
-            "status": {"containerStatuses": [{"name": "agent", "state": {"running": {}}}]},
-        }
-
-        async def pods(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"items": [pod]})
 
         async def log(request: web.Request) -> web.StreamResponse:
             response = web.StreamResponse()
@@ -731,7 +723,7 @@ def test_a_client_whose_rights_are_taken_away_is_let_go_from_the_shared_stream()
             await asyncio.sleep(30)
             return response
 
-        fake.route(f"/api/v1/namespaces/{NS}/pods", pods)
+        serve_running_pod(fake)
         fake.route(f"/api/v1/namespaces/{NS}/pods/talker-abc/log", log)
 
         async def revoke() -> None:

@@ -104,11 +104,8 @@ class SharedReads:
             known = self.answers[key]
         return await asyncio.shield(known[1])
 
-    def forget(self, *key: str) -> None:
-        """Drops a shared read; for a Task's, its namespace's list too (this server changed the Task)."""
+    def forget(self, key: tuple[str, ...]) -> None:
         self.answers.pop(key, None)
-        if key[0] == "get":
-            self.answers.pop(("list", key[1]), None)
 
 
 def _retrieved(answer: asyncio.Future[Any]) -> None:
@@ -124,31 +121,30 @@ class TaskReads:
         self.reads = reads
 
     async def task(self, kube: UserKube, name: str) -> dict[str, Any]:
-        if not await self.access.allows(kube, "get", "tasks"):
-            return await kube.get_task(name)  # the API server's own refusal (or answer)
+        return await self._read(kube, "get", ("get", kube.namespace, name), lambda: kube.get_task(name))
+
+    async def tasks(self, kube: UserKube) -> list[dict[str, Any]]:
+        return await self._read(kube, "list", ("list", kube.namespace), kube.list_tasks)
+
+    def changed(self, namespace: str, name: str) -> None:
+        """This server changed the Task: what was read of it, and of its namespace's list, is old."""
+        self.reads.forget(("get", namespace, name))
+        self.reads.forget(("list", namespace))
+
+    async def _read(
+        self, kube: UserKube, verb: str, key: tuple[str, ...], fetch: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        if not await self.access.allows(kube, verb, "tasks"):
+            return await fetch()  # the API server's own refusal (or answer)
         try:
-            return await self.reads.read(("get", kube.namespace, name), lambda: kube.get_task(name))
+            return await self.reads.read(key, fetch)
         except KubeError as error:
             if error.status not in REFUSED:
                 raise
             # The token that made the shared read was refused (expired, its rights revoked since its
             # review): that is its own answer, not this caller's.
-            self.reads.forget("get", kube.namespace, name)
-            return await kube.get_task(name)
-
-    async def tasks(self, kube: UserKube) -> list[dict[str, Any]]:
-        if not await self.access.allows(kube, "list", "tasks"):
-            return await kube.list_tasks()
-        try:
-            return await self.reads.read(("list", kube.namespace), kube.list_tasks)
-        except KubeError as error:
-            if error.status not in REFUSED:
-                raise
-            self.reads.forget("list", kube.namespace)
-            return await kube.list_tasks()
-
-    def changed(self, namespace: str, name: str) -> None:
-        self.reads.forget("get", namespace, name)
+            self.reads.forget(key)
+            return await fetch()
 
 
 # --- one follow of a Task's log, fanned out -------------------------------------------------------------
