@@ -1,7 +1,9 @@
 """The e2e tier: the Helm chart installed into the cluster, with the locally built operator image.
 
-One release serves the whole tier (package scope) and is uninstalled at its end, before anything
-else could watch the same Tasks. The operator runs in its pod, with in-cluster configuration.
+The install tests share one release with default values (package scope), which watches every
+namespace: they run when nothing else uses the cluster (`exclusive`), and it is uninstalled at their
+end. The coding agents' tests install a release of their own that watches their namespace only
+(tests/e2e/test_agents.py). The operator runs in its pod, with in-cluster configuration.
 """
 
 from __future__ import annotations
@@ -50,13 +52,19 @@ class Release:
             pytest.fail(f"helm {' '.join(args[:2])} failed: {result.stderr.strip()}")
         return result
 
-    def image_values(self) -> list[str]:
+    def image_values(self, coding_agents: bool = True) -> list[str]:
+        """The locally built images; with ``coding_agents``, the coding agents' presets enabled on them."""
         repository, tag = OPERATOR_IMAGE.rsplit(":", 1)
-        return [
+        operator = [
             "--set", f"image.repository={repository}",
             "--set", f"image.tag={tag}",
             "--set", "image.pullPolicy=IfNotPresent",
             "--set", f"agents.shell.image={SHELL_IMAGE}",
+        ]  # fmt: skip
+        if not coding_agents:
+            return operator
+        return [
+            *operator,
             # The coding agents' presets, on the images built from agents/ (tests/e2e/test_agents.py).
             "--set", f"agentImages.registry={AGENT_IMAGE_REGISTRY}",
             "--set", f"agentImages.tag={AGENT_IMAGE_TAG}",

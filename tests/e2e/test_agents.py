@@ -25,10 +25,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT, Cluster
-from tests.e2e.conftest import Release
+from tests.e2e.conftest import CHART, Release
 from tests.integration.conftest import Kube
 
-pytestmark = [pytest.mark.e2e, pytest.mark.exclusive]  # the release watches every namespace
+# The module's release runs the Tasks of its own namespace only, so it shares the cluster with other
+# tests; its ClusterAgents (the presets) are cluster-wide, so its tests stay on one worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("coding-agent-presets")]
 
 HERE = Path(__file__).parent
 AGENT_BASE_IMAGE = "localhost/taskyard/agent-base:dev"
@@ -103,69 +105,94 @@ def _service(name: str, script: str, args: list[str], extra_mounts: list[dict], 
 
 
 @pytest.fixture(scope="module")
-def services(cluster: Cluster, release: Release, agent_images: None) -> Iterator[Services]:
+def agents_namespace(cluster: Cluster) -> Iterator[str]:
     namespace = f"agents-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", namespace)
     try:
-        scripts = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "e2e-scripts"},
-            "data": {name: (HERE / name).read_text() for name in ("modelstub.py", "gitserver.py")},
-        }
-
-        def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
-            encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
-            return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
-
-        objects = [
-            scripts,
-            # The agents' API keys (the stub takes any key, and records a digest of the one it got).
-            *[secret(name, {"api-key": key}) for name, key in API_KEYS.items()],
-            # The credentials the agents push with, and the token the git server accepts.
-            secret("git-push", {"token": PUSH_TOKEN}),
-            *_service("model-stub", "modelstub.py", [], [], []),
-            *_service(
-                "git-server",
-                "gitserver.py",
-                ["--root", "/tmp/git", "--repo", REPOSITORY, "--token-file", "/etc/git-server/token"],
-                [{"name": "token", "mountPath": "/etc/git-server", "readOnly": True}],
-                [{"name": "token", "secret": {"secretName": "git-push"}}],
-            ),
-        ]
-        cluster.kubectl(
-            "-n",
-            namespace,
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
-        )
-        for name in ("model-stub", "git-server"):
-            cluster.kubectl(
-                "-n", namespace, "rollout", "status", f"deployment/{name}", "--timeout=180s", timeout=200
-            )
-
-        def service_ip(name: str) -> str:
-            return cluster.kubectl(
-                "-n", namespace, "get", "service", name, "-o", "jsonpath={.spec.clusterIP}"
-            ).stdout
-
-        for name in ("model-stub", "git-server"):
-            # Ready endpoints are not yet a route: kube-proxy rejects a Service's address until it has
-            # synced its rules, and an agent's first request would get "connection refused".
-            wait_reachable(service_ip(name), 8080)
-        git_pod_ip = cluster.kubectl(
-            "-n", namespace, "get", "pods", "-l", "app=git-server", "-o", "jsonpath={.items[0].status.podIP}"
-        ).stdout
-        yield Services(
-            namespace=namespace,
-            model_url=f"http://{service_ip('model-stub')}:8080",
-            git_url=f"http://{service_ip('git-server')}:8080/{REPOSITORY}",
-            git_url_here=f"http://{git_pod_ip}:8080/{REPOSITORY}",
-        )
+        yield namespace
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster, operator_image: str, agents_namespace: str) -> Iterator[Release]:
+    """The chart with the coding agents' presets, in the agents' namespace and watching only it (no
+    PriorityClasses: other tests' operators would give their pods these)."""
+    installed = Release(cluster, f"taskyard-agents-{uuid.uuid4().hex[:6]}", agents_namespace)
+    scoped = ["--set-json", f"watchNamespaces={json.dumps([agents_namespace])}"]
+    try:
+        installed.helm(
+            "install", installed.name, str(CHART), *installed.image_values(), *scoped,
+            "--set", "priorityClasses.create=false",
+        )  # fmt: skip
+        installed.wait_ready()
+        yield installed
+    finally:
+        installed.helm("uninstall", installed.name, "--wait", check=False)
+
+
+@pytest.fixture(scope="module")
+def services(
+    cluster: Cluster, agents_namespace: str, release: Release, agent_images: None
+) -> Iterator[Services]:
+    namespace = agents_namespace  # the services go with it
+    scripts = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "e2e-scripts"},
+        "data": {name: (HERE / name).read_text() for name in ("modelstub.py", "gitserver.py")},
+    }
+
+    def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
+        encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+
+    objects = [
+        scripts,
+        # The agents' API keys (the stub takes any key, and records a digest of the one it got).
+        *[secret(name, {"api-key": key}) for name, key in API_KEYS.items()],
+        # The credentials the agents push with, and the token the git server accepts.
+        secret("git-push", {"token": PUSH_TOKEN}),
+        *_service("model-stub", "modelstub.py", [], [], []),
+        *_service(
+            "git-server",
+            "gitserver.py",
+            ["--root", "/tmp/git", "--repo", REPOSITORY, "--token-file", "/etc/git-server/token"],
+            [{"name": "token", "mountPath": "/etc/git-server", "readOnly": True}],
+            [{"name": "token", "secret": {"secretName": "git-push"}}],
+        ),
+    ]
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )
+    for name in ("model-stub", "git-server"):
+        cluster.kubectl(
+            "-n", namespace, "rollout", "status", f"deployment/{name}", "--timeout=180s", timeout=200
+        )
+
+    def service_ip(name: str) -> str:
+        return cluster.kubectl(
+            "-n", namespace, "get", "service", name, "-o", "jsonpath={.spec.clusterIP}"
+        ).stdout
+
+    for name in ("model-stub", "git-server"):
+        # Ready endpoints are not yet a route: kube-proxy rejects a Service's address until it has
+        # synced its rules, and an agent's first request would get "connection refused".
+        wait_reachable(service_ip(name), 8080)
+    git_pod_ip = cluster.kubectl(
+        "-n", namespace, "get", "pods", "-l", "app=git-server", "-o", "jsonpath={.items[0].status.podIP}"
+    ).stdout
+    yield Services(
+        namespace=namespace,
+        model_url=f"http://{service_ip('model-stub')}:8080",
+        git_url=f"http://{service_ip('git-server')}:8080/{REPOSITORY}",
+        git_url_here=f"http://{git_pod_ip}:8080/{REPOSITORY}",
+    )
 
 
 def wait_reachable(host: str, port: int, timeout: float = 60) -> None:

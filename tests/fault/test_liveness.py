@@ -24,8 +24,9 @@ from tests.fault.helpers import jobs_per_task
 from tests.fault.proxy import FaultProxy
 from tests.integration.conftest import Kube
 
-# A chart release: its ClusterAgents and admission policies are cluster-wide.
-pytestmark = [pytest.mark.fault, pytest.mark.exclusive]
+# The release watches its own namespace only, makes no ClusterAgents or PriorityClasses, and its
+# admission policies judge that namespace only: it shares the cluster with the other tests.
+pytestmark = pytest.mark.fault
 
 STALL_SECONDS = 20
 
@@ -57,6 +58,7 @@ def release_through_proxy(
     values = {
         "watchNamespaces": [namespace],
         "agents": {"shell": {"enabled": False}},  # the test namespace has its own shell Agent
+        "priorityClasses": {"create": False},
         "metrics": {"service": {"enabled": False}},
         # Restart after two failed checks five seconds apart: sooner than the calls' own time limits
         # (the TLS handshake's 60 s among them) would end the stall by themselves.
@@ -72,7 +74,14 @@ def release_through_proxy(
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     try:
-        release.helm("install", release.name, str(CHART), "-f", str(values_file), *release.image_values())
+        release.helm(
+            "install",
+            release.name,
+            str(CHART),
+            "-f",
+            str(values_file),
+            *release.image_values(coding_agents=False),
+        )
         release.wait_ready()
         yield release
     finally:

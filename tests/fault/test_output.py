@@ -43,7 +43,7 @@ def test_cancel_of_a_task_that_printed_bad_bytes(
     kube: Kube, shell_agent: str, operator: OperatorProcess
 ) -> None:
     kube.create("Task", "noisy", {"agent": shell_agent, "prompt": r"printf '\377\n'; sleep 300"})
-    kube.wait_for("the agent to print", lambda: printed(kube, "noisy"), timeout=60)
+    kube.wait_for("the agent to print", lambda: printed(kube, "noisy"), timeout=120)
     kube.patch_task("noisy", {"spec": {"cancel": True}})
     task = kube.wait_for_phase("noisy", "Cancelled", timeout=60)
     assert task["status"]["logTail"] == "\ufffd"

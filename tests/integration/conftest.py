@@ -135,7 +135,13 @@ def kube(cluster: Cluster, namespace: str, crds: None) -> Kube:
     return Kube(cluster, namespace)
 
 
-SHELL_AGENT = {"image": SHELL_IMAGE, "command": ["sh", "/etc/taskyard/prompt"]}
+# A shell script asks for little CPU: at the default request (100m) twenty pods fill the 2-core node,
+# and the other tests' pods, sharing it, would wait for a bursting test's to finish.
+SHELL_AGENT = {
+    "image": SHELL_IMAGE,
+    "command": ["sh", "/etc/taskyard/prompt"],
+    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+}
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ import yaml
 from tests.conftest import REPO_ROOT, Cluster, helm_binary
 from tests.integration.conftest import Kube
 
-# Cluster-wide admission policies: while installed, they judge every other test's writes too.
-pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
+pytestmark = pytest.mark.integration
 
 CHART = REPO_ROOT / "helm" / "taskyard"
 POLICY_TEMPLATES = ("templates/admission.yaml", "templates/rbac.yaml", "templates/serviceaccount.yaml")
@@ -76,12 +75,14 @@ class Policies:
         return path
 
 
-def install_policies(cluster: Cluster, *values: str) -> Policies:
+def install_policies(cluster: Cluster, watched: str, *values: str) -> Policies:
+    """The policies of a release that watches namespace ``watched``: they judge the Tasks and Agents of
+    that namespace only, so the other tests sharing the cluster are not judged by them."""
     release = f"sec-{uuid.uuid4().hex[:6]}"
     operator_namespace = f"{release}-system"
     cluster.kubectl("create", "namespace", operator_namespace)
     shown = [arg for template in POLICY_TEMPLATES for arg in ("--show-only", template)]
-    sets = [arg for value in values for arg in ("--set", value)]
+    sets = [arg for value in (f"watchNamespaces={{{watched}}}", *values) for arg in ("--set", value)]
     manifest = subprocess.run(
         [helm_binary(), "template", release, str(CHART), "--namespace", operator_namespace, *shown, *sets],
         capture_output=True,
@@ -108,7 +109,7 @@ def remove_policies(policies: Policies) -> None:
 
 @pytest.fixture
 def policies(cluster: Cluster, kube: Kube) -> Iterator[Policies]:
-    installed = install_policies(cluster)
+    installed = install_policies(cluster, kube.namespace)
     try:
         yield installed
     finally:
@@ -257,8 +258,7 @@ def test_the_operator_may_touch_only_what_is_its_own(
 def test_the_operator_runs_tasks_on_its_own_token_within_the_policies(
     kube: Kube, shell_agent: str, start_operator, cluster: Cluster, tmp_path: Path, scope: str
 ) -> None:
-    values = [] if scope == "cluster" else ["rbac.scope=namespaced", f"watchNamespaces={{{kube.namespace}}}"]
-    installed = install_policies(cluster, *values)
+    installed = install_policies(cluster, kube.namespace, f"rbac.scope={scope}")
     try:
         kubeconfig = installed.operator_kubeconfig(tmp_path / "operator-kubeconfig")
         start_operator(KUBECONFIG=str(kubeconfig))
@@ -454,6 +454,19 @@ def test_a_task_may_not_replace_what_its_agent_sets(cluster: Cluster, kube: Kube
                 "overridableEnv",
             )
             assert f"spec.env sets {variable}, which Agent proxied sets itself" in error
+
+        # A namespace the release does not watch is not its to judge: another release may run its Tasks.
+        elsewhere = f"{kube.namespace}-elsewhere"
+        cluster.kubectl("create", "namespace", elsewhere)
+        try:
+            agent = {"image": "localhost/taskyard/shell:dev", "env": env}
+            cluster.kubectl("create", "-f", "-", input=manifest("Agent", "guarded", elsewhere, spec=agent))
+            spec = {"agent": "guarded", "prompt": "true", "env": [env[0]]}
+            body = manifest("Task", "redirect", elsewhere, spec=spec)
+            accepted = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=body, check=False)
+            assert accepted.returncode == 0, accepted.stderr
+        finally:
+            cluster.kubectl("delete", "namespace", elsewhere, "--wait=false", check=False)
     finally:
         cluster.kubectl("delete", "clusteragent", cluster_agent, "--wait=false", check=False)
 
@@ -491,3 +504,33 @@ def test_only_who_may_write_network_policies_may_give_an_agent_egress_rules(
     assert "setting, changing or removing it needs the right" in removal.stderr
     stored = json.loads(cluster.kubectl("-n", authors, "get", "agent", "sealed", "-o", "json").stdout)
     assert stored["spec"]["egress"] == []
+
+
+def test_a_cluster_agent_with_egress_rules_needs_the_right_to_create_network_policies_everywhere(
+    cluster: Cluster, kube: Kube, policies: Policies
+) -> None:
+    # A ClusterAgent's request has no namespace: the policy asks about every namespace, where its
+    # NetworkPolicies would be made.
+    writer = f"clusteragent-writer-{kube.namespace}"
+    cluster.kubectl("create", "clusterrole", writer, "--verb=create", "--resource=clusteragents.taskyard.dev")
+    cluster.kubectl("create", "clusterrolebinding", writer, f"--clusterrole={writer}", "--user=dave")
+    try:
+        egress = [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]
+        body = json.dumps({
+            "apiVersion": "taskyard.dev/v1alpha1", "kind": "ClusterAgent",
+            "metadata": {"name": f"open-{kube.namespace}"},
+            "spec": {"image": "localhost/taskyard/shell:dev", "egress": egress},
+        })  # fmt: skip
+
+        def create(*user: str) -> subprocess.CompletedProcess[str]:
+            return cluster.kubectl("create", "--dry-run=server", "-f", "-", *user, input=body, check=False)
+
+        error = eventually("a ClusterAgent by dave", lambda: create("--as=dave"), "NetworkPolicies")
+        assert (
+            "needs the right to create NetworkPolicies in every namespace, which dave does not have" in error
+        )
+        accepted = create()  # the cluster's admin may
+        assert accepted.returncode == 0, accepted.stderr
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding", writer, check=False)
+        cluster.kubectl("delete", "clusterrole", writer, check=False)

@@ -561,6 +561,40 @@ def test_admission_policies_and_their_bindings_are_installed_by_default():
     assert not of_kind(off, "ValidatingAdmissionPolicy")
 
 
+def binding_scopes(*sets: str) -> dict[str, Any]:
+    """Each admission policy binding's matchResources (None: it applies in every namespace)."""
+    objects = render(*sets)
+    return {
+        b["spec"]["policyName"]: b["spec"].get("matchResources")
+        for b in of_kind(objects, "ValidatingAdmissionPolicyBinding")
+    }
+
+
+def test_task_and_agent_policies_judge_only_the_watched_namespaces_when_they_are_named():
+    scopes = binding_scopes("watchNamespaces={team-a,team-b}")
+    selector = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+            ]
+        }
+    }
+    assert scopes.pop("taskyard-operator") is None  # the operator is held everywhere it could write
+    assert scopes == {
+        "taskyard-task-secrets": selector,
+        "taskyard-agent-secrets": selector,
+        "taskyard-task-env-agent": selector,
+        "taskyard-task-env-clusteragent": selector,
+        "taskyard-agent-egress": selector,
+    }
+
+
+@pytest.mark.parametrize("sets", [(), ("watchNamespaces={team-a,team-*}",)], ids=["all", "pattern"])
+def test_policies_judge_every_namespace_when_every_namespace_may_be_watched(sets: tuple[str, ...]):
+    # A glob pattern may match namespaces created later: a name selector cannot follow it.
+    assert set(binding_scopes(*sets).values()) == {None}
+
+
 def test_egress_policies_need_the_admission_policy_that_guards_agent_egress():
     result = _run_helm("template", "t", str(CHART), "--set", "admissionPolicies.enabled=false", check=False)
     assert result.returncode != 0

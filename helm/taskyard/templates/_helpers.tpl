@@ -145,3 +145,25 @@ Secrets and ConfigMaps themselves, through their env and volumes. */}}
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
 {{- end -}}
+
+{{/*
+Where the Task and Agent policies apply: a release that watches namespaces named one by one judges the
+Tasks and Agents of those namespaces only (another release may run the others, under policies of its
+own). With every namespace watched, or a glob pattern among them (which a namespace selector cannot
+express), they apply in every namespace. ClusterAgents are cluster-scoped: a namespace selector never
+exempts them. Empty when the policies apply everywhere.
+*/}}
+{{- define "taskyard.admissionScope" -}}
+{{- $named := true }}
+{{- range .Values.watchNamespaces }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) }}{{ $named = false }}{{ end }}
+{{- end }}
+{{- if and .Values.watchNamespaces $named -}}
+matchResources:
+  namespaceSelector:
+    matchExpressions:
+      - key: kubernetes.io/metadata.name
+        operator: In
+        values: {{ toJson .Values.watchNamespaces }}
+{{- end }}
+{{- end }}
