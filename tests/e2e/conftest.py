@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import REPO_ROOT, SHELL_IMAGE, Cluster, helm_binary
+from tests.integration.conftest import crds  # noqa: F401  (releases that share the cluster need them first)
 
 OPERATOR_IMAGE = os.environ.get("TASKYARD_OPERATOR_IMAGE", "localhost/taskyard/operator:dev")
 CHART = REPO_ROOT / "helm" / "taskyard"

@@ -52,8 +52,10 @@ def in_cluster_proxy(cluster: Cluster) -> Iterator[FaultProxy]:
 
 @pytest.fixture
 def release_through_proxy(
-    cluster: Cluster, namespace: str, in_cluster_proxy: FaultProxy, tmp_path: Path
+    cluster: Cluster, crds: None, namespace: str, in_cluster_proxy: FaultProxy, tmp_path: Path
 ) -> Iterator[Release]:
+    # The CRDs first: on a new cluster, Helm creating them from the chart while another test applies
+    # them fails.
     release = Release(cluster, f"taskyard-liveness-{uuid.uuid4().hex[:6]}", namespace)
     values = {
         "watchNamespaces": [namespace],
