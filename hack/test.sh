@@ -28,7 +28,7 @@ log "building the operator and agent images in the background (log: $images_log)
 "$REPO_ROOT/hack/cluster-up.sh"
 
 cd "$REPO_ROOT"
-# Four side by side: the tests mostly wait for pods, so four take about 12 minutes where one at a time
+# Four side by side: the tests mostly wait for pods, so four take about 14 minutes where one at a time
 # takes about 28. Tests marked with one xdist_group (a chart release whose presets are cluster-wide)
 # run on one worker, one after another.
 workers="${TEST_WORKERS:-4}"

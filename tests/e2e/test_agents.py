@@ -117,8 +117,8 @@ def agents_namespace(cluster: Cluster) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def release(cluster: Cluster, crds: None, operator_image: str, agents_namespace: str) -> Iterator[Release]:
     """The chart with the coding agents' presets, in the agents' namespace and watching only it (no
-    PriorityClasses: other tests' operators would give their pods these). The CRDs are applied first:
-    on a new cluster, Helm creating them from the chart while another test applies them fails."""
+    PriorityClasses: other tests' operators would give their pods these). The CRDs come from the
+    fixture every test sharing the cluster uses, so this release never creates them itself."""
     installed = Release(cluster, f"taskyard-agents-{uuid.uuid4().hex[:6]}", agents_namespace)
     scoped = ["--set-json", f"watchNamespaces={json.dumps([agents_namespace])}"]
     try:

@@ -54,8 +54,7 @@ def in_cluster_proxy(cluster: Cluster) -> Iterator[FaultProxy]:
 def release_through_proxy(
     cluster: Cluster, crds: None, namespace: str, in_cluster_proxy: FaultProxy, tmp_path: Path
 ) -> Iterator[Release]:
-    # The CRDs first: on a new cluster, Helm creating them from the chart while another test applies
-    # them fails.
+    # The CRDs come from the fixture every test sharing the cluster uses: the release never creates them.
     release = Release(cluster, f"taskyard-liveness-{uuid.uuid4().hex[:6]}", namespace)
     values = {
         "watchNamespaces": [namespace],
