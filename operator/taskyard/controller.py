@@ -66,7 +66,7 @@ from taskyard.phase import (
     tail_lines,
     waiting_since,
 )
-from taskyard.podlogs import CollectedLog, LogFollowers, LogUnavailable, read_log_tail
+from taskyard.podlogs import CollectedLog, LogFollowers, LogUnavailable, read_log_to_its_end
 from taskyard.queue import Limits, QueueEntry, WaitingQueue, select_in_order
 from taskyard.records import (
     ANNOTATION_AGENT_REF,
@@ -1031,7 +1031,7 @@ class Controller:
         if result is not None:
             collected["result"] = result
         try:
-            log = await read_log_tail(
+            log = await read_log_to_its_end(
                 self.api, task.namespace, pod.name, "agent", deadline=self.settings.log_read_seconds
             )
         except LogUnavailable:

@@ -85,6 +85,11 @@ CACHE_OBJECTS = Gauge(
     ["resource"],
     registry=REGISTRY,
 )
+LOG_FOLLOWS_OPEN = Gauge(
+    "taskyard_log_follows_open",
+    "Log streams of stopping pods open now, each until its agent exits (each holds an API connection).",
+    registry=REGISTRY,
+)
 RECONCILE_ERRORS = Counter(
     "taskyard_reconcile_errors_total",
     "Reconciliations that failed on an API error and were scheduled again.",

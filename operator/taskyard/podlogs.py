@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -22,10 +22,12 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from taskyard.informer import open_stream
+from taskyard.metrics import LOG_FOLLOWS_OPEN
 
 logger = logging.getLogger("taskyard")
 
 KEEP_BYTES = 256 * 1024
+END_LINES = 200  # read on their own when a log's read is cut short, so the status still shows its end
 FOLLOW_LIMIT = 64  # log follows at once; the API client's connection pool has room for them
 
 # The kubelet starts a log response (status 200) before it asks the runtime for the container, so when
@@ -121,6 +123,8 @@ async def read_log_tail(
         if error.status in (400, 404):
             raise LogUnavailable(f"{error.status}: {(error.body or error.reason or '').strip()}") from error
         raise
+    if follow:
+        LOG_FOLLOWS_OPEN.inc()
     try:
         async with asyncio.timeout(deadline):
             async for chunk in response.content.iter_chunked(64 * 1024):
@@ -129,11 +133,45 @@ async def read_log_tail(
         complete = False
     finally:
         response.close()  # not release(): an unread rest must not go back to the connection pool
+        if follow:
+            LOG_FOLLOWS_OPEN.dec()
     raw = ring.getvalue()
     if ring.total == len(raw) and is_kubelet_error(raw):
         raise LogUnavailable(raw.decode(errors="replace"))
     dropped = ring.total - len(raw)
     return CollectedLog(decode_log(raw, dropped), ring.total, dropped, complete)
+
+
+async def read_log_to_its_end(
+    api: client.ApiClient,
+    namespace: str,
+    pod: str,
+    container: str,
+    deadline: float,
+    keep_bytes: int = KEEP_BYTES,
+) -> CollectedLog:
+    """The end of one container's log, as :func:`read_log_tail` reads it. When that read is cut short
+    by its deadline (a kubelet that sends slowly on a busy node), what came so far ends somewhere in
+    the middle, yet the status's tail is taken from the end of the text: so the log's last
+    ``END_LINES`` lines, a small read, are read on their own and follow it behind a marker."""
+    log = await read_log_tail(api, namespace, pod, container, keep_bytes, deadline=deadline)
+    if log.complete:
+        return log
+    logger.warning(
+        "reading the log of pod %s/%s was cut short after %g s (%d bytes); reading its last %d lines",
+        namespace, pod, deadline, log.total_bytes, END_LINES,
+    )  # fmt: skip
+    cut = "" if log.text.endswith("\n") or not log.text else "\n"  # the marker starts a line of its own
+    stopped = f"{cut}[taskyard: the read of this log stopped after {deadline:g} s"
+    try:
+        end = await read_log_tail(
+            api, namespace, pod, container, keep_bytes // 4, deadline=deadline, tail_lines=END_LINES
+        )
+    except (LogUnavailable, ApiException, aiohttp.ClientError, OSError, TimeoutError) as error:
+        logger.warning("reading the end of the log of pod %s/%s failed: %r", namespace, pod, error)
+        return replace(log, text=f"{log.text}{stopped}; its end could not be read]")
+    text = f"{log.text}{stopped}; its last {END_LINES} lines follow]\n{end.text}"
+    return replace(log, text=text, complete=end.complete)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ a log that is one JSON document. Each Task must be final within 30 s of its Job 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from kubernetes.client import ApiException
@@ -13,6 +12,7 @@ from tests.fault.helpers import final_within
 from tests.fault.proxy import FaultProxy
 from tests.integration.conftest import Kube, OperatorProcess
 from tests.integration.test_logs import kept_logs
+from tests.integration.test_metrics import scrape
 
 pytestmark = pytest.mark.fault
 
@@ -87,9 +87,9 @@ def test_what_a_cancelled_agent_prints_while_it_stops_outlives_its_pod(
     # after the exit can reach the API server before the pod is gone: only a stream opened while the
     # agent was still stopping can bring back what it printed then.
     proxy, kubeconfig = fault_proxy
-    start_operator(KUBECONFIG=str(kubeconfig))
+    operator = start_operator(KUBECONFIG=str(kubeconfig))
     script = (
-        "trap 'echo saving; sleep 4; echo saved; exit 0' TERM; echo working; while true; do sleep 1; done"
+        "trap 'echo saving; sleep 8; echo saved; exit 0' TERM; echo working; while true; do sleep 1; done"
     )
     kube.create("Task", "stopping", {"agent": shell_agent, "prompt": script})
     kube.wait_for("the agent to print", lambda: printed(kube, "stopping"), timeout=60)
@@ -99,7 +99,11 @@ def test_what_a_cancelled_agent_prints_while_it_stops_outlives_its_pod(
         lambda: any(pod.metadata.deletion_timestamp for pod in kube.pods("stopping")),
         timeout=30,
     )
-    time.sleep(1.5)  # the operator sees the deletion and opens its stream
+    kube.wait_for(
+        "the operator to open its stream",
+        lambda: scrape(operator.env["TASKYARD_METRICS_PORT"])[("taskyard_log_follows_open", ())] == 1,
+        timeout=30,
+    )
 
     proxy.drop_requests()
     kube.wait_for("the pod to be gone", lambda: not kube.pods("stopping"), timeout=60)

@@ -9,7 +9,16 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio.client.rest import ApiException
 
-from taskyard.podlogs import ByteRing, FollowedLog, LogFollowers, LogUnavailable, decode_log, read_log_tail
+from taskyard.metrics import LOG_FOLLOWS_OPEN
+from taskyard.podlogs import (
+    ByteRing,
+    FollowedLog,
+    LogFollowers,
+    LogUnavailable,
+    decode_log,
+    read_log_tail,
+    read_log_to_its_end,
+)
 from tests.unit.fakeapi import FakeApi, run
 
 pytestmark = pytest.mark.unit
@@ -92,6 +101,67 @@ def test_one_50_mb_line():
 def test_a_stalled_log_is_cut_short_at_its_deadline():
     log, _ = read(b"started\n", hold=30, deadline=0.5)
     assert not log.complete and log.text == "started\n"
+
+
+def test_a_read_cut_short_is_followed_by_the_logs_true_end():
+    # A slow kubelet sends the last 20000 lines too slowly: the status's tail must still be the end of
+    # what the agent wrote, not wherever the slow read stopped.
+    async def scenario():
+        async with FakeApi() as fake:
+
+            async def log(request: web.Request) -> web.StreamResponse:
+                response = web.StreamResponse()
+                await response.prepare(request)
+                if request.query["tailLines"] == "20000":
+                    await response.write(b"line 1\nline 2\nline ")
+                    await asyncio.sleep(30)
+                else:
+                    await response.write(b"line 9999\nLAST LINE\n")
+                return response
+
+            fake.route(LOG_PATH, log)
+            api = fake.client()
+            try:
+                return await read_log_to_its_end(api, "ns", "p", "agent", deadline=0.5), fake.requests
+            finally:
+                await api.close()
+
+    log, requests = run(scenario())
+    assert log.text == (
+        "line 1\nline 2\nline \n[taskyard: the read of this log stopped after 0.5 s;"
+        " its last 200 lines follow]\nline 9999\nLAST LINE\n"
+    )
+    assert log.complete and log.total_bytes == len(b"line 1\nline 2\nline ")
+    assert [query["tailLines"] for _, _, query in requests] == ["20000", "200"]
+
+
+def test_a_read_cut_short_whose_end_cannot_be_read_says_so():
+    async def scenario():
+        async with FakeApi() as fake:
+            calls = []
+
+            async def log(request: web.Request) -> web.StreamResponse:
+                calls.append(request.query["tailLines"])
+                if len(calls) > 1:
+                    return web.json_response({"kind": "Status", "code": 500, "message": "x"}, status=500)
+                response = web.StreamResponse()
+                await response.prepare(request)
+                await response.write(b"working\n")
+                await asyncio.sleep(30)
+                return response
+
+            fake.route(LOG_PATH, log)
+            api = fake.client()
+            try:
+                return await read_log_to_its_end(api, "ns", "p", "agent", deadline=0.5)
+            finally:
+                await api.close()
+
+    log = run(scenario())
+    assert (
+        log.text == "working\n[taskyard: the read of this log stopped after 0.5 s; its end could not be read]"
+    )
+    assert not log.complete
 
 
 def test_a_missing_log_is_unavailable_and_other_errors_stay_api_errors():
@@ -197,6 +267,11 @@ def test_follows_are_bounded_in_number_and_time_and_end_when_forgotten():
                 assert followers.start("a", "ns", "p", 1, deadline=0.5)
                 assert followers.start("b", "ns", "p", 1, deadline=30)
                 assert not followers.start("c", "ns", "p", 1, deadline=30)  # over the limit: read once
+                for _ in range(20):  # the gauge counts streams once they are open
+                    if LOG_FOLLOWS_OPEN._value.get() == 2:
+                        break
+                    await asyncio.sleep(0.02)
+                assert LOG_FOLLOWS_OPEN._value.get() == 2
                 followers.forget("b")
                 assert len(followers) == 1
                 for _ in range(50):
@@ -204,6 +279,7 @@ def test_follows_are_bounded_in_number_and_time_and_end_when_forgotten():
                         break
                     await asyncio.sleep(0.1)
                 assert done == ["a"]  # "b" was forgotten: it reports nothing
+                assert LOG_FOLLOWS_OPEN._value.get() == 0  # the one cut short and the forgotten one
                 followed = followers.result("a")
                 assert followed.log.text == "started\n" and not followed.log.complete
             finally:
