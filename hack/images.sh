@@ -13,17 +13,31 @@ command -v buildah >/dev/null || die "buildah is missing: run hack/install-deps.
 STORAGE="$TASKYARD_CACHE/buildah"
 bah() { buildah --storage-driver vfs --root "$STORAGE/root" --runroot "$STORAGE/run" "$@"; }
 
+# image_hash CONTEXT_DIR [--build-arg K=V ...]: what an image is built from; IMAGE_KEY, when set,
+# stands for the context's files.
+image_hash() {
+  local context=$1; shift
+  if [[ -n "${IMAGE_KEY:-}" ]]; then
+    (echo "$IMAGE_KEY"; echo "$*") | sha256sum | cut -c1-16
+  else
+    (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$*") | sha256sum | cut -c1-16
+  fi
+}
+
+# image_current NAME HASH: whether the image was built from that hash and is still in storage.
+image_current() {
+  local archive="$IMAGE_ARCHIVES/$1.tar"
+  [[ -f "$archive" && "$(cat "$archive.hash" 2>/dev/null)" == "$2" ]] \
+    && bah inspect "$IMAGE_PREFIX/$1:$IMAGE_TAG" >/dev/null 2>&1
+}
+
 # build_image NAME CONTEXT_DIR [--build-arg K=V ...]
 build_image() {
   local name=$1 context=$2; shift 2
   local ref="$IMAGE_PREFIX/$name:$IMAGE_TAG" archive="$IMAGE_ARCHIVES/$name.tar"
   local hash
-  if [[ -n "${IMAGE_KEY:-}" ]]; then
-    hash=$( (echo "$IMAGE_KEY"; echo "$*") | sha256sum | cut -c1-16)
-  else
-    hash=$( (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$*") | sha256sum | cut -c1-16)
-  fi
-  if [[ -f "$archive" && "$(cat "$archive.hash" 2>/dev/null)" == "$hash" ]] && bah inspect "$ref" >/dev/null 2>&1; then
+  hash=$(image_hash "$context" "$@")
+  if image_current "$name" "$hash"; then
     log "image $ref: up to date"
     return
   fi
@@ -194,10 +208,20 @@ build_operator() {
   host_python=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
   [[ "$host_python" == 3.11 ]] || die "the operator image is built from wheels collected with this host's python3, \
 which is $host_python; the image's base has Python 3.11: put a python3.11 first on PATH"
+  # The key is the operator's own files and the base: collecting the wheels (a minute on a busy
+  # machine) only to find the image up to date would cost that on every call.
+  local base_arg="BASE=$IMAGE_PREFIX/python-base:$IMAGE_TAG" key
+  key="$( (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+    cat "$IMAGE_ARCHIVES/python-base.tar.hash")"
+  if image_current operator "$(IMAGE_KEY="$key" image_hash "$context" --build-arg "$base_arg")"; then
+    log "image $IMAGE_PREFIX/operator:$IMAGE_TAG: up to date"
+    rm -rf "$context"
+    return
+  fi
   log "collecting wheels for the operator image"
   python3 -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$context/wheels" "$context" "setuptools>=68" >/dev/null
   rm -f "$context"/wheels/taskyard-*.whl
-  build_image operator "$context" --build-arg "BASE=$IMAGE_PREFIX/python-base:$IMAGE_TAG"
+  IMAGE_KEY="$key" build_image operator "$context" --build-arg "$base_arg"
   rm -rf "$context"
 }
 
