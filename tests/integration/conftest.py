@@ -32,21 +32,21 @@ TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 def crds(cluster: Cluster) -> None:
     """The taskyard CRDs, applied from crds/ and established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+    extensions = client.ApiextensionsV1Api(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
     for name in ("tasks", "agents", "clusteragents"):
         # An API server that has just started can take a while over its first CRDs (their CEL rules
-        # are compiled then): wait generously, and say what it reported if it never gets there.
-        waited = cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{name}.taskyard.dev", "--timeout=180s",
-            check=False, timeout=200,
-        )  # fmt: skip
-        if waited.returncode != 0:
-            conditions = cluster.kubectl(
-                "get", f"crd/{name}.taskyard.dev", "-o", "jsonpath={.status.conditions}", check=False
-            )
-            pytest.fail(
-                f"CRD {name}.taskyard.dev not established: {waited.stderr.strip()} "
-                f"conditions: {conditions.stdout or conditions.stderr}"
-            )
+        # are compiled then): wait generously. Polled here rather than with `kubectl wait`, which
+        # fails at once ("conditions accessor error") when it finds a CRD with no conditions yet.
+        deadline = time.monotonic() + 180
+        conditions: list[Any] = []
+        while time.monotonic() < deadline:
+            crd = extensions.read_custom_resource_definition(f"{name}.taskyard.dev", _request_timeout=10)
+            conditions = (crd.status and crd.status.conditions) or []
+            if any(c.type == "Established" and c.status == "True" for c in conditions):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"CRD {name}.taskyard.dev not established within 180 s; conditions: {conditions}")
 
 
 class Kube:
