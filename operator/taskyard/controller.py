@@ -936,7 +936,9 @@ class Controller:
             self.log_followers.start(task.uid, task.namespace, pod.name, _attempt(pods, pod), deadline)
         if (
             pod is not None
-            and (pod.terminated or pod.deleting)
+            # An evicted pod's status can say so while its agent still runs: the Task is final then,
+            # and the kubelet removes the log with the container, so it is read at once.
+            and (pod.terminated or pod.deleting or pod.evicted_message is not None)
             and collected_pod is None
             and not self.log_followers.following(task.uid, pod.name)
             and self._needs_collecting(task.uid, pod)
