@@ -211,8 +211,7 @@ which is $host_python; the image's base has Python 3.11: put a python3.11 first 
   # The key is the operator's own files and the base: collecting the wheels (a minute on a busy
   # machine) only to find the image up to date would cost that on every call.
   local base_arg="BASE=$IMAGE_PREFIX/python-base:$IMAGE_TAG" key
-  key="$( (cd "$context" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
-    cat "$IMAGE_ARCHIVES/python-base.tar.hash")"
+  key="$(image_hash "$context") $(cat "$IMAGE_ARCHIVES/python-base.tar.hash")"
   if image_current operator "$(IMAGE_KEY="$key" image_hash "$context" --build-arg "$base_arg")"; then
     log "image $IMAGE_PREFIX/operator:$IMAGE_TAG: up to date"
     rm -rf "$context"

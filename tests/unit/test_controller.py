@@ -380,16 +380,20 @@ def test_a_log_that_cannot_be_read_never_holds_up_the_final_status(log: str):
     run(scenario())
 
 
-def test_an_evicted_pod_whose_log_the_kubelet_removed_says_so_in_the_status():
-    async def scenario() -> None:
+def reconcile_evicted(agent_state: dict, job_status: dict, log: web.Response) -> tuple[dict, list[str]]:
+    """Reconciles a Task whose pod the kubelet evicted for its workspace; returns the status patch and
+    the Job deletions."""
+
+    async def scenario() -> tuple[dict, list[str]]:
         async with FakeApi() as fake:
             patches: list[tuple[str, dict]] = []
             deleted: list[str] = []
             status_api(fake, patches)
             fake.status_route("full")
+            fake.route(CONFIG_MAPS, created())
 
             async def pod_log(request: web.Request) -> web.StreamResponse:
-                return web.json_response({"kind": "Status", "code": 404, "message": "gone"}, status=404)
+                return log
 
             async def delete_job(request: web.Request) -> web.StreamResponse:
                 deleted.append(request.path)
@@ -399,66 +403,39 @@ def test_an_evicted_pod_whose_log_the_kubelet_removed_says_so_in_the_status():
             fake.route(f"{JOBS}/full", delete_job)
             controller = controller_for(fake)
             job, pod = job_and_pod("full")
-            job["status"] = {"active": 0, "failed": 1, "startTime": "2026-12-01T10:00:01Z"}
+            job["status"] = {**job_status, "startTime": "2026-12-01T10:00:01Z"}
             pod["status"] = {
                 "phase": "Failed",
                 "reason": "Evicted",
                 "message": 'Usage of EmptyDir volume "workspace" exceeds the limit "1Mi". ',
-                "containerStatuses": [{"name": "agent", "state": {"terminated": {"exitCode": 137}}}],
+                "containerStatuses": [{"name": "agent", "state": agent_state}],
             }
             controller.jobs.put((NS, "full"), project_job(job))
             controller.pods.put((NS, "full-abcde"), project_pod(pod))
             add_task(controller, task_body("full", status={"phase": "Running", "jobName": "full"}))
             await controller.reconcile((NS, "full", "uid-full"))
-            [(_, patch)] = patches
-            assert (patch["phase"], patch["reason"]) == ("Failed", "StorageLimitExceeded")
-            assert (
-                patch["logTail"]
-                == "[taskyard: the kubelet removed the log of pod full-abcde when it evicted it]"
-            )
-            assert deleted == [f"{JOBS}/full"]
             await controller.api.close()
+            [(_, patch)] = patches
+            return patch, deleted
 
-    run(scenario())
+    return run(scenario())
+
+
+def test_an_evicted_pod_whose_log_the_kubelet_removed_says_so_in_the_status():
+    gone = web.json_response({"kind": "Status", "code": 404, "message": "gone"}, status=404)
+    patch, deleted = reconcile_evicted({"terminated": {"exitCode": 137}}, {"active": 0, "failed": 1}, gone)
+    assert (patch["phase"], patch["reason"]) == ("Failed", "StorageLimitExceeded")
+    assert patch["logTail"] == "[taskyard: the kubelet removed the log of pod full-abcde when it evicted it]"
+    assert deleted == [f"{JOBS}/full"]
 
 
 def test_an_evicted_pod_whose_agent_still_runs_has_its_log_read_before_the_task_is_final():
     # The kubelet can write Failed/Evicted while the agent container still shows as running; the Task
     # is final at once, and the log goes with the container, so it is read then, not after.
-    async def scenario() -> None:
-        async with FakeApi() as fake:
-            patches: list[tuple[str, dict]] = []
-            status_api(fake, patches)
-            fake.status_route("full")
-            fake.route(CONFIG_MAPS, created())
-
-            async def pod_log(request: web.Request) -> web.StreamResponse:
-                return web.Response(body=b"8+0 records in\nfilled\n")
-
-            async def delete_job(request: web.Request) -> web.StreamResponse:
-                return web.json_response({"kind": "Status", "status": "Success"})
-
-            fake.route(f"/api/v1/namespaces/{NS}/pods/full-abcde/log", pod_log)
-            fake.route(f"{JOBS}/full", delete_job)
-            controller = controller_for(fake)
-            job, pod = job_and_pod("full")
-            job["status"] = {"active": 1, "startTime": "2026-12-01T10:00:01Z"}
-            pod["status"] = {
-                "phase": "Failed",
-                "reason": "Evicted",
-                "message": 'Usage of EmptyDir volume "workspace" exceeds the limit "1Mi". ',
-                "containerStatuses": [{"name": "agent", "state": {"running": {}}}],
-            }
-            controller.jobs.put((NS, "full"), project_job(job))
-            controller.pods.put((NS, "full-abcde"), project_pod(pod))
-            add_task(controller, task_body("full", status={"phase": "Running", "jobName": "full"}))
-            await controller.reconcile((NS, "full", "uid-full"))
-            [(_, patch)] = patches
-            assert (patch["phase"], patch["reason"]) == ("Failed", "StorageLimitExceeded")
-            assert patch["logTail"] == "8+0 records in\nfilled"
-            await controller.api.close()
-
-    run(scenario())
+    printed = web.Response(body=b"8+0 records in\nfilled\n")
+    patch, _ = reconcile_evicted({"running": {}}, {"active": 1}, printed)
+    assert (patch["phase"], patch["reason"]) == ("Failed", "StorageLimitExceeded")
+    assert patch["logTail"] == "8+0 records in\nfilled"
 
 
 def test_a_recreated_namesake_is_never_confused_with_the_task_it_replaces():
