@@ -104,9 +104,13 @@ ANNOTATION_ADMITTED_AT = "taskyard.dev/admitted-at"
 MERGE_PATCH = "application/merge-patch+json"
 LOG_TAIL_LINES = 50
 LOG_TAIL_BYTES = 8192
-# A reserved slot whose Job the watch never showed is given back after this long (the Job was deleted
-# before it was seen, or its creation failed in a way that was not reported).
+# How long a Job the operator created may take to show up in the watch before the API server is asked
+# whether it exists: the watch may have a gap (silent connections, a slow re-list), or the Job may have
+# been deleted before it was seen. Only the API server's answer decides which.
 RESERVATION_TTL = 120.0
+# A Job the API server has but the watch does not show yet is looked for again after this long (its watch
+# event brings the Task back sooner).
+JOB_RECHECK_SECONDS = 30.0
 
 TASKS = ResourceType(GROUP, VERSION, "tasks")
 AGENTS = ResourceType(GROUP, VERSION, "agents")
@@ -502,8 +506,13 @@ class Controller:
         now = time.monotonic()
         for uid, reservation in list(self.reserved.items()):
             if now - reservation.at > RESERVATION_TTL and self._job_of(uid) is None:
-                del self.reserved[uid]  # its Job never showed up: the worker finds out what happened
                 task = self._task_by_uid(uid)
+                if reservation.created and task is not None:
+                    # Its Job was created and the watch has not shown it: the worker asks the API server
+                    # whether it is gone or the watch is behind (_sync); the slot stays held meanwhile.
+                    self.queue.add(task.key)
+                    continue
+                del self.reserved[uid]  # its Job was never created: the worker finds out what happened
                 if task is not None:
                     self._back_in_line(task)  # keeps its turn: this very pass may admit it again
                     self.queue.add(task.key)
@@ -873,6 +882,12 @@ class Controller:
         if job is not None and reservation is not None:
             del self.reserved[task.uid]  # the Job holds the slot from now on
             reservation = None
+        known_job = current.get("jobName") or self.created_jobs.get(task.uid)
+        if job is None and known_job and not spec.get("cancel") and not _still_expected(reservation):
+            if await self._job_exists_unseen(task, known_job, reservation):
+                return
+            self.reserved.pop(task.uid, None)  # confirmed gone: the Task fails below (JobDeleted)
+            reservation = None
         pods = self._pods_of(job) if job is not None else []
         pod = deciding_pod(pods, job_complete=job is not None and job.view.complete)
         extra: dict[str, Any] = {}
@@ -908,7 +923,6 @@ class Controller:
         if stop_job and desired.get("phase") == "Failed" and desired.get("reason") in STOPPED_BY_OPERATOR:
             # The kubelet or the Job controller would keep trying (and hold the slot) until the timeout.
             await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
-        known_job = current.get("jobName") or self.created_jobs.get(task.uid)
         if job is None and requested is None and known_job and not spec.get("cancel"):
             desired = _job_lost(desired, known_job)
         backing_off = self.blocked_until.get(task.uid, 0) > time.monotonic()
@@ -973,6 +987,31 @@ class Controller:
             and not (spec.get("workspace") or {}).get("keep", True)
         ):
             await self._delete_claim(task, claim)
+
+    async def _job_exists_unseen(self, task: TaskRecord, name: str, reservation: Reservation | None) -> bool:
+        """Whether the Task's Job exists although the watch does not show it. The cache alone never
+        decides that a Job is gone: a watch gap longer than the wait for a new Job would otherwise fail
+        Tasks whose agents are running (client-go's controllers make the same uncached read before acting
+        on an absence). Errors propagate: the reconcile is tried again, nothing is decided."""
+        try:
+            job = await client.BatchV1Api(self.api).read_namespaced_job(name, task.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        owners = job.metadata.owner_references or []
+        if job.metadata.deletion_timestamp is not None or not any(o.uid == task.uid for o in owners):
+            return False  # being deleted outside taskyard, or another Task's namesake Job
+        logger.info(
+            "%s/%s: the Job %s exists but the watch has not shown it yet; waiting for the watch",
+            task.namespace,
+            task.name,
+            name,
+        )
+        if reservation is not None:
+            reservation.at = time.monotonic()  # asked again only after another wait
+        self.queue.add_after(task.key, JOB_RECHECK_SECONDS)
+        return True
 
     def _needs_collecting(self, uid: str, pod: PodView) -> bool:
         collected = self.logs_collected_from.get(uid)
@@ -1230,6 +1269,15 @@ def _not_older(version: str, than: str) -> bool:
         return int(version) >= int(than)
     except ValueError:
         return version == than
+
+
+def _still_expected(reservation: Reservation | None) -> bool:
+    """Whether a Job created for a reservation may still be on its way through the watch."""
+    return (
+        reservation is not None
+        and reservation.created
+        and time.monotonic() - reservation.at <= RESERVATION_TTL
+    )
 
 
 def _job_lost(desired: dict[str, Any], job_name: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """A TCP fault proxy for the fault tier: sits between the operator and the API server and, on request,
 black-holes connections (bytes stop, sockets stay open), swallows only what the client sends (requests
-hang while open watch streams keep delivering), or resets them.
+hang while open watch streams keep delivering), or resets them. In front of a plain-HTTP upstream
+(`kubectl proxy`) it can also silence only the requests whose request line matches, such as one
+resource's watch, while every other request goes through.
 
 TLS passes through untouched (it is a layer-4 proxy), so the operator talks to the real API server
 with its real certificates; only the transport misbehaves. Threads rather than asyncio, so the proxy
@@ -10,16 +12,24 @@ keeps forwarding while a test blocks in a synchronous client.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
+from collections.abc import Callable
 
 
 class _Connection:
     def __init__(
-        self, downstream: socket.socket, upstream: socket.socket, black_holed: bool, requests_dropped: bool
+        self,
+        downstream: socket.socket,
+        upstream: socket.socket,
+        black_holed: bool,
+        requests_dropped: bool,
+        silences: Callable[[bytes], bool],
     ) -> None:
         self.downstream, self.upstream = downstream, upstream
+        self.silences = silences
         self.black_holed = threading.Event()
         if black_holed:
             self.black_holed.set()
@@ -35,6 +45,8 @@ class _Connection:
                 data = source.recv(65536)
                 if not data:
                     break
+                if towards_server and self.silences(data):
+                    self.black_holed.set()  # this request, and the connection it came on, go silent
                 if self.black_holed.is_set() or (towards_server and self.requests_dropped.is_set()):
                     # A half-open connection: what is sent is never delivered, and nothing comes back.
                     # Keep reading so the sender never sees back-pressure either.
@@ -56,6 +68,10 @@ class _Connection:
             with contextlib.suppress(OSError):
                 if reset:  # RST instead of FIN: the peer sees "connection reset by peer"
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # Wakes the pump blocked reading this socket: close() alone would leave the socket open
+                # (and the peer unaware) until that read returned.
+                sock.shutdown(socket.SHUT_RD)
+            with contextlib.suppress(OSError):
                 sock.close()
 
 
@@ -69,6 +85,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._stalled = False
         self._dropping_requests = False
+        self._silenced: re.Pattern[bytes] | None = None
         self.accepted = 0
 
     def start(self) -> FaultProxy:
@@ -89,7 +106,11 @@ class FaultProxy:
                 continue
             with self._lock:
                 connection = _Connection(
-                    downstream, upstream, black_holed=self._stalled, requests_dropped=self._dropping_requests
+                    downstream,
+                    upstream,
+                    black_holed=self._stalled,
+                    requests_dropped=self._dropping_requests,
+                    silences=self._silences,
                 )
                 self._connections.append(connection)
                 self.accepted += 1
@@ -113,11 +134,22 @@ class FaultProxy:
             for connection in self._connections:
                 connection.requests_dropped.set()
 
+    def silence_requests(self, request_line: str) -> None:
+        """Until :meth:`heal`, a request whose request line matches the regular expression gets no
+        answer, and the connection it came on goes silent for good; other connections are untouched.
+        Only for a plain-HTTP upstream: in TLS the request line cannot be seen."""
+        self._silenced = re.compile(request_line.encode())
+
+    def _silences(self, data: bytes) -> bool:
+        pattern = self._silenced
+        return pattern is not None and pattern.search(data) is not None
+
     def heal(self) -> None:
         """New connections work again; the silent ones stay silent (the client must give up on them)."""
         with self._lock:
             self._stalled = False
             self._dropping_requests = False
+            self._silenced = None
 
     def reset_all(self) -> int:
         """Resets every open connection (RST); returns how many."""

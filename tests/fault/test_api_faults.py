@@ -26,7 +26,12 @@ def create_tasks(kube: Kube, agent: str, prefix: str, count: int, script: str = 
 
 def assert_all_succeeded_once(kube: Kube, tasks: dict[str, dict], names: list[str]) -> None:
     phases = {name: tasks[name]["status"]["phase"] for name in names}
-    assert set(phases.values()) == {"Succeeded"}, phases
+    failures = {
+        name: (tasks[name]["status"].get("reason"), tasks[name]["status"].get("message"))
+        for name in names
+        if phases[name] != "Succeeded"
+    }
+    assert set(phases.values()) == {"Succeeded"}, failures
     jobs = jobs_per_task(kube)
     assert all(jobs[name] == 1 for name in names), jobs
 
@@ -67,6 +72,36 @@ def test_connections_reset_during_a_burst(
     assert resets >= 6  # the operator had connections open each time, and lost them
 
     tasks = all_final(kube, names, timeout=240)
+    assert_all_succeeded_once(kube, tasks, names)
+    assert operator.process.poll() is None
+
+
+def test_a_jobs_watch_silent_for_longer_than_the_wait_for_new_jobs_fails_no_task(
+    kube: Kube, shell_agent: str, start_operator, plain_http_fault_proxy: tuple[FaultProxy, object]
+) -> None:
+    """The operator creates Jobs it then does not hear of for 150 s, longer than it waits for a new
+    Job to show up (120 s), while every other request works: the Tasks neither fail nor give up their
+    slots (a Job that exists is never taken for deleted), and they finish once the watch is back."""
+    proxy, kubeconfig = plain_http_fault_proxy
+    # Admission passes (which look at Jobs that are slow to show up) every 10 s, not only on events.
+    operator = start_operator(
+        KUBECONFIG=str(kubeconfig), TASKYARD_RESYNC_SECONDS="10", TASKYARD_MAX_CONCURRENT="2"
+    )
+    kube.wait_for("the operator's caches", lambda: "cache synced" in operator.log_tail(), timeout=60)
+    proxy.silence_requests(r"^GET /apis/batch/v1/namespaces/[^/ ]+/jobs\?[^ ]*watch=true")
+    proxy.reset_all()  # the jobs watch open now reconnects, and goes silent from its first request
+    names = create_tasks(kube, shell_agent, "unseen", 4)
+    kube.wait_for("two Jobs", lambda: len(kube.jobs()) == 2, timeout=60)
+
+    time.sleep(150)
+    phases = {name: (kube.task(name).get("status") or {}).get("phase") for name in names}
+    assert "Failed" not in phases.values(), phases
+    assert len(kube.jobs()) == 2, "a slot was given up while its Job was still there"
+    assert "the watch has not shown it yet" in operator.log_path.read_text()
+
+    proxy.heal()
+    proxy.reset_all()  # the silent watch connection ends at once, rather than at its read timeout
+    tasks = all_final(kube, names, timeout=120)
     assert_all_succeeded_once(kube, tasks, names)
     assert operator.process.poll() is None
 

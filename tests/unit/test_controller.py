@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from taskyard import metrics
-from taskyard.controller import Controller, InstrumentedApiClient
+from taskyard.controller import Controller, InstrumentedApiClient, TaskKey
 from taskyard.records import project_job, project_pod, project_task
 from taskyard.settings import OperatorSettings
 from tests.unit.fakeapi import FakeApi, run
@@ -616,25 +616,84 @@ def test_an_expired_reservation_keeps_its_turn():
     run(scenario())
 
 
-def test_a_job_that_vanishes_before_the_watch_shows_it_fails_the_task_and_is_never_made_twice():
+def job_read(answer: str):
+    """What the API server answers when asked for Job "gone", which the operator created."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if answer == "gone":
+            return web.json_response({"kind": "Status", "code": 404, "message": "not found"}, status=404)
+        owner = {"apiVersion": "taskyard.dev/v1alpha1", "kind": "Task", "name": "gone", "controller": True}
+        owner["uid"] = "uid-an-earlier-gone" if answer == "a-namesakes" else "uid-gone"
+        meta: dict[str, Any] = {"name": "gone", "namespace": NS, "uid": "job-gone"}
+        meta["ownerReferences"] = [owner]
+        if answer == "being-deleted":
+            meta["deletionTimestamp"] = "2026-12-01T10:00:00Z"
+        return web.json_response({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta})
+
+    return handler
+
+
+async def job_created_and_unseen(
+    fake: FakeApi, answer: str, patches: list[tuple[str, dict]], **settings: Any
+) -> tuple[Controller, TaskKey]:
+    """Task "gone" (and, behind it, a low-priority one) admitted and its Job created, then 200 s in
+    which the watch never shows the Job; ``answer`` is what a read of the Job finds then."""
+    status_api(fake, patches)
+    fake.status_route("gone")
+    fake.route(CONFIG_MAPS, created())
+    fake.route(JOBS, created("Job"))
+    fake.route(f"{JOBS}/gone", job_read(answer))
+    controller = controller_for(fake, **settings)
+    add_task(controller, task_body("gone"))
+    add_task(controller, task_body("behind", priority="low"))
+    [key, *_] = controller.admit()
+    await controller.reconcile(key)  # the Job is created; its status waits for the watch
+    assert patches == []
+    controller.reserved["uid-gone"].at -= 200
+    return controller, key
+
+
+@pytest.mark.parametrize("answer", ["gone", "being-deleted", "a-namesakes"])
+def test_a_job_that_vanishes_before_the_watch_shows_it_fails_the_task_and_is_never_made_twice(answer: str):
     async def scenario() -> None:
         async with FakeApi() as fake:
             patches: list[tuple[str, dict]] = []
-            status_api(fake, patches)
-            fake.status_route("gone")
-            fake.route(CONFIG_MAPS, created())
-            fake.route(JOBS, created("Job"))
-            controller = controller_for(fake)
-            add_task(controller, task_body("gone"))
-            [key] = controller.admit()
-            await controller.reconcile(key)  # the Job is created; its status waits for the watch
-            assert patches == []
-            controller.reserved["uid-gone"].at -= 200  # deleted before the watch ever showed it
+            controller, key = await job_created_and_unseen(fake, answer, patches, max_concurrent=1)
             assert controller.admit() == []
             await controller.reconcile(key)
-            [(_, patch)] = patches
+            [(_, patch)] = patches  # decided on the API server's answer, not on the cache's silence
             assert (patch["phase"], patch["reason"]) == ("Failed", "JobDeleted")
             assert "the Job gone was deleted outside taskyard" in patch["message"]
+            assert [(m, p) for m, p, _ in fake.requests if p.startswith(JOBS)] == [
+                ("POST", JOBS),
+                ("GET", f"{JOBS}/gone"),
+            ]
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_a_watch_gap_longer_than_the_wait_for_a_new_job_fails_nothing_and_keeps_the_slot():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            controller, key = await job_created_and_unseen(fake, "there", patches, max_concurrent=1)
+            assert controller.admit() == []  # the slot stays with the Job that exists
+            assert key in controller.queue._dirty
+            await controller.reconcile(key)
+            assert patches == []  # nothing decided while the cache is behind the API server
+            assert controller.admit() == [] and "uid-gone" in controller.reserved
+            assert key in controller.queue._timers  # asked again later, whatever the watch does
+            await controller.reconcile(key)  # within the wait again: no second read, the Job is on its way
+            reads = [p for m, p, _ in fake.requests if m == "GET" and p == f"{JOBS}/gone"]
+            assert len(reads) == 1
+            assert [(p["phase"], p["reason"]) for _, p in patches] == [("Running", "Starting")]
+            # The watch catches up: the Task goes on from what the Job says.
+            job, pod = job_and_pod("gone")
+            controller.jobs.put((NS, "gone"), project_job(job))
+            controller.pods.put((NS, "gone-abcde"), project_pod(pod))
+            await controller.reconcile(key)
+            assert [p["phase"] for _, p in patches] == ["Running", "Succeeded"]
             assert [(m, p) for m, p, _ in fake.requests if p == JOBS] == [("POST", JOBS)]
             await controller.api.close()
 
