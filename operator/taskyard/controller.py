@@ -49,7 +49,7 @@ from taskyard.api import (
 )
 from taskyard.apiwrite import send
 from taskyard.events import EventRecorder
-from taskyard.informer import Informer, ResourceType, Store
+from taskyard.informer import Informer, ResourceType, Store, request_json
 from taskyard.logstore import attempts_to_keep, log_config_map_name, log_key, pack_log, pod_key
 from taskyard.phase import (
     IMAGE_PULL_FAILURES,
@@ -452,9 +452,14 @@ class Controller:
 
     def _pods_of(self, job: JobRecord) -> list[PodView]:
         """The pods of a Job, oldest first: attempt n ran in the n-th."""
-        return sorted(
-            (p.view for p in self.pods.by_index("job", job.view.uid)), key=lambda p: (p.created, p.name)
-        )
+        return _oldest_first(p.view for p in self.pods.by_index("job", job.view.uid))
+
+    async def _pods_from_api(self, namespace: str, job: JobRecord) -> list[PodView]:
+        """The pods of a Job as the API server has them now, oldest first."""
+        query = [("labelSelector", f"batch.kubernetes.io/controller-uid={job.view.uid}")]
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        listed = await request_json(self.api, path, query, self.settings.request_timeout_seconds)
+        return _oldest_first(PodView.from_body(item) for item in listed.get("items") or [])
 
     def resolve_agent(self, namespace: str, name: str) -> ResolvedAgent | None:
         """The same-namespace Agent of that name, else the ClusterAgent, else None."""
@@ -919,8 +924,21 @@ class Controller:
             # The Job's final event can overtake its pod's: read the pod itself for the exit code and logs.
             pod = await self._read_pod(task.namespace, pod)
             seen = dataclasses.replace(seen, pod=pod)
+        elif job is not None and job.view.finished and pod is None:
+            # A pods watch with a gap may never have shown the pod: its exit code and log are the Task's.
+            pods = await self._pods_from_api(task.namespace, job)
+            pod = deciding_pod(pods, job_complete=job.view.complete)
+            seen = dataclasses.replace(seen, pod=pod)
         desired = derive_status(body, seen, _now())
-        if stop_job and desired.get("phase") == "Failed" and desired.get("reason") in STOPPED_BY_OPERATOR:
+        if stop_job and _stops_the_job(desired):
+            # Deleting the Job stops its agent, so the pods it is decided on are read from the API server:
+            # a watch gap can leave the cache without a pod that runs, or with one still waiting to.
+            pods = await self._pods_from_api(task.namespace, job)  # type: ignore[arg-type]
+            pod = deciding_pod(pods, job_complete=False)
+            checks = self._startup_checks(task, job, pod, agent, claim)
+            seen = dataclasses.replace(seen, pod=pod, startup_overdue=None, image_pull_patience_over=True)
+            desired = derive_status(body, dataclasses.replace(seen, **checks), _now())
+        if stop_job and _stops_the_job(desired):
             # The kubelet or the Job controller would keep trying (and hold the slot) until the timeout.
             await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
         if job is None and requested is None and known_job and not spec.get("cancel"):
@@ -1269,6 +1287,15 @@ def _not_older(version: str, than: str) -> bool:
         return int(version) >= int(than)
     except ValueError:
         return version == than
+
+
+def _oldest_first(pods: Iterable[PodView]) -> list[PodView]:
+    return sorted(pods, key=lambda p: (p.created, p.name))
+
+
+def _stops_the_job(desired: dict[str, Any]) -> bool:
+    """Whether the status fails the Task for a reason the operator stops the Job for."""
+    return desired.get("phase") == "Failed" and desired.get("reason") in STOPPED_BY_OPERATOR
 
 
 def _still_expected(reservation: Reservation | None) -> bool:

@@ -106,6 +106,31 @@ def test_a_jobs_watch_silent_for_longer_than_the_wait_for_new_jobs_fails_no_task
     assert operator.process.poll() is None
 
 
+def test_a_pods_watch_silent_for_a_tasks_whole_run_stops_no_agent_and_loses_no_output(
+    kube: Kube, shell_agent: str, start_operator, plain_http_fault_proxy: tuple[FaultProxy, object]
+) -> None:
+    """The operator never hears of the Task's pod: before it fails the Task for an agent that never
+    started (and deletes the Job), it asks the API server, which shows the agent running; when the Job
+    ends, the exit code and the log come from the pod the API server lists."""
+    proxy, kubeconfig = plain_http_fault_proxy
+    operator = start_operator(KUBECONFIG=str(kubeconfig), TASKYARD_STARTUP_DEADLINE_SECONDS="15")
+    kube.wait_for("the operator's caches", lambda: "cache synced" in operator.log_tail(), timeout=60)
+    proxy.silence_requests(r"^GET /api/v1/namespaces/[^/ ]+/pods\?[^ ]*watch=true")
+    proxy.reset_all()
+    [name] = create_tasks(kube, shell_agent, "unseen-pod", 1, "sleep 45; echo done")
+    kube.wait_for(
+        "its agent to run", lambda: [p for p in kube.pods(name) if p.status.phase == "Running"], timeout=60
+    )
+    time.sleep(20)  # the start-up deadline, counted from the Job's creation, has passed
+    status = kube.task(name).get("status") or {}
+    assert (status.get("phase"), status.get("reason")) == ("Running", "Running"), status
+    assert [job.metadata.deletion_timestamp for job in kube.jobs(name)] == [None]
+
+    tasks = all_final(kube, [name], timeout=120)  # the pods watch is silent still
+    assert_all_succeeded_once(kube, tasks, [name])
+    assert tasks[name]["status"]["logTail"].rstrip().endswith("done")
+
+
 @pytest.mark.exclusive  # every other test's calls would fail while the API server is down
 def test_api_server_killed_and_restarted_mid_run(kube: Kube, shell_agent: str, operator) -> None:
     first = create_tasks(kube, shell_agent, "first", 10, "sleep 3; echo done")

@@ -380,6 +380,19 @@ def test_a_log_that_cannot_be_read_never_holds_up_the_final_status(log: str):
     run(scenario())
 
 
+def pods_listed(job: dict, *pods: dict):
+    """Lists ``pods`` as the Job's, as the API server would."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+        assert request.query["labelSelector"] == selector
+        return web.json_response(
+            {"kind": "PodList", "metadata": {"resourceVersion": "9"}, "items": list(pods)}
+        )
+
+    return handler
+
+
 def reconcile_evicted(agent_state: dict, job_status: dict, log: web.Response) -> tuple[dict, list[str]]:
     """Reconciles a Task whose pod the kubelet evicted for its workspace; returns the status patch and
     the Job deletions."""
@@ -412,6 +425,7 @@ def reconcile_evicted(agent_state: dict, job_status: dict, log: web.Response) ->
             }
             controller.jobs.put((NS, "full"), project_job(job))
             controller.pods.put((NS, "full-abcde"), project_pod(pod))
+            fake.route(f"/api/v1/namespaces/{NS}/pods", pods_listed(job, pod))
             add_task(controller, task_body("full", status={"phase": "Running", "jobName": "full"}))
             await controller.reconcile((NS, "full", "uid-full"))
             await controller.api.close()
@@ -695,6 +709,78 @@ def test_a_watch_gap_longer_than_the_wait_for_a_new_job_fails_nothing_and_keeps_
             await controller.reconcile(key)
             assert [p["phase"] for _, p in patches] == ["Running", "Succeeded"]
             assert [(m, p) for m, p, _ in fake.requests if p == JOBS] == [("POST", JOBS)]
+            await controller.api.close()
+
+    run(scenario())
+
+
+def test_a_finished_job_whose_pod_the_watch_never_showed_still_gives_the_task_its_exit_code_and_log():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("done")
+            fake.route(f"{CONFIG_MAPS}/done-logs", created())
+            job, pod = job_and_pod("done", exit_code=0)
+            fake.route(f"/api/v1/namespaces/{NS}/pods", pods_listed(job, pod))
+
+            async def pod_log(request: web.Request) -> web.StreamResponse:
+                return web.Response(body=b"working\ndone\n")
+
+            fake.route(f"/api/v1/namespaces/{NS}/pods/done-abcde/log", pod_log)
+            controller = controller_for(fake)
+            controller.jobs.put((NS, "done"), project_job(job))  # and no pod: the pods watch had a gap
+            add_task(controller, task_body("done", status={"phase": "Running", "jobName": "done"}))
+            await controller.reconcile((NS, "done", "uid-done"))
+            [(_, patch)] = patches
+            assert (patch["phase"], patch["exitCode"], patch["podName"]) == ("Succeeded", 0, "done-abcde")
+            assert patch["logTail"] == "working\ndone"
+            await controller.api.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("on_the_server", ["none", "running", "pulling-for-ever"])
+def test_a_job_is_stopped_for_a_start_that_failed_only_on_what_the_api_server_says(on_the_server: str):
+    """The cache shows the Job but no pod (its watch had a gap) past the start-up deadline: whether the
+    agent never started is decided on the pods the API server lists, not on the cache."""
+
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("slow")
+            job, pod = job_and_pod("slow")
+            job["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z"  # long past the deadline
+            job["status"] = {"active": 1, "startTime": "2026-12-01T10:00:00Z"}
+            agent = pod["status"]["containerStatuses"][0]
+            pod["status"]["phase"] = "Running" if on_the_server == "running" else "Pending"
+            if on_the_server == "running":
+                agent["state"] = {"running": {"startedAt": "2026-12-01T10:00:05Z"}}
+            else:
+                agent["state"] = {"waiting": {"reason": "ErrImageNeverPull", "message": "never pulled"}}
+            fake.route(
+                f"/api/v1/namespaces/{NS}/pods", pods_listed(job, *([pod] if on_the_server != "none" else []))
+            )
+            deleted: list[str] = []
+
+            async def delete(request: web.Request) -> web.StreamResponse:
+                deleted.append(request.path)
+                return web.json_response({"kind": "Status", "status": "Success"})
+
+            fake.route(f"{JOBS}/slow", delete)
+            controller = controller_for(fake)
+            controller.jobs.put((NS, "slow"), project_job(job))
+            add_task(controller, task_body("slow", status={"phase": "Running", "jobName": "slow"}))
+            await controller.reconcile((NS, "slow", "uid-slow"))
+            [(_, patch)] = patches
+            if on_the_server == "running":
+                assert "phase" not in patch and patch["reason"] == "Running"  # Running it stays
+                assert patch["podName"] == "slow-abcde" and deleted == []
+            else:
+                expected = "NoPodCreated" if on_the_server == "none" else "ImagePullFailed"
+                assert (patch["phase"], patch["reason"]) == ("Failed", expected)
+                assert deleted == [f"{JOBS}/slow"]
             await controller.api.close()
 
     run(scenario())
