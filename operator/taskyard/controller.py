@@ -108,8 +108,8 @@ LOG_TAIL_BYTES = 8192
 # whether it exists: the watch may have a gap (silent connections, a slow re-list), or the Job may have
 # been deleted before it was seen. Only the API server's answer decides which.
 RESERVATION_TTL = 120.0
-# A Job the API server has but the watch does not show yet is looked for again after this long (its watch
-# event brings the Task back sooner).
+# A Job the API server has but the watch does not show (any more) is looked for again after this long, when
+# no reservation waits for it (its watch event brings the Task back sooner).
 JOB_RECHECK_SECONDS = 30.0
 
 TASKS = ResourceType(GROUP, VERSION, "tasks")
@@ -156,6 +156,9 @@ class Reservation:
     at: float  # monotonic
     decided_at: datetime  # wall clock, strictly increasing across decisions (see _admission_stamp)
     created: bool = False
+    # The worker is asking the API server whether the Job exists: the admission passes leave the Task to
+    # the worker's retries (and their back-off) until it has the answer.
+    confirming: bool = False
 
 
 class _AgentLimits(Mapping[str, int]):
@@ -515,7 +518,9 @@ class Controller:
                 if reservation.created and task is not None:
                     # Its Job was created and the watch has not shown it: the worker asks the API server
                     # whether it is gone or the watch is behind (_sync); the slot stays held meanwhile.
-                    self.queue.add(task.key)
+                    if not reservation.confirming:
+                        reservation.confirming = True
+                        self.queue.add(task.key)
                     continue
                 del self.reserved[uid]  # its Job was never created: the worker finds out what happened
                 if task is not None:
@@ -1018,8 +1023,11 @@ class Controller:
                 return False
             raise
         owners = job.metadata.owner_references or []
-        if job.metadata.deletion_timestamp is not None or not any(o.uid == task.uid for o in owners):
-            return False  # being deleted outside taskyard, or another Task's namesake Job
+        ours = any(o.uid == task.uid and o.controller for o in owners)
+        if not ours or LABEL_TASK not in (job.metadata.labels or {}) or job.metadata.deletion_timestamp:
+            # Another Task's namesake, one the watch would never show (its label or owner taken away),
+            # or being deleted outside taskyard: the Task's Job is gone as far as taskyard can tell.
+            return False
         logger.info(
             "%s/%s: the Job %s exists but the watch has not shown it yet; waiting for the watch",
             task.namespace,
@@ -1028,7 +1036,8 @@ class Controller:
         )
         if reservation is not None:
             reservation.at = time.monotonic()  # asked again only after another wait
-        self.queue.add_after(task.key, JOB_RECHECK_SECONDS)
+            reservation.confirming = False
+        self.queue.add_after(task.key, RESERVATION_TTL if reservation is not None else JOB_RECHECK_SECONDS)
         return True
 
     def _needs_collecting(self, uid: str, pod: PodView) -> bool:

@@ -13,8 +13,10 @@ from typing import Any
 import kopf
 import pytest
 from aiohttp import web
+from kubernetes_asyncio.client.rest import ApiException
 
 from taskyard import metrics
+from taskyard.api import LABEL_TASK
 from taskyard.controller import Controller, InstrumentedApiClient, TaskKey
 from taskyard.records import project_job, project_pod, project_task
 from taskyard.settings import OperatorSettings
@@ -632,14 +634,21 @@ def test_an_expired_reservation_keeps_its_turn():
 
 def job_read(answer: str):
     """What the API server answers when asked for Job "gone", which the operator created."""
+    answers = 0
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal answers
+        answers += 1
         if answer == "gone":
             return web.json_response({"kind": "Status", "code": 404, "message": "not found"}, status=404)
+        if answer == "there-after-an-error" and answers == 1:
+            return web.json_response({"kind": "Status", "code": 500, "message": "etcd"}, status=500)
         owner = {"apiVersion": "taskyard.dev/v1alpha1", "kind": "Task", "name": "gone", "controller": True}
         owner["uid"] = "uid-an-earlier-gone" if answer == "a-namesakes" else "uid-gone"
         meta: dict[str, Any] = {"name": "gone", "namespace": NS, "uid": "job-gone"}
         meta["ownerReferences"] = [owner]
+        if answer != "unlabelled":
+            meta["labels"] = {LABEL_TASK: "gone"}
         if answer == "being-deleted":
             meta["deletionTimestamp"] = "2026-12-01T10:00:00Z"
         return web.json_response({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta})
@@ -667,7 +676,7 @@ async def job_created_and_unseen(
     return controller, key
 
 
-@pytest.mark.parametrize("answer", ["gone", "being-deleted", "a-namesakes"])
+@pytest.mark.parametrize("answer", ["gone", "being-deleted", "a-namesakes", "unlabelled"])
 def test_a_job_that_vanishes_before_the_watch_shows_it_fails_the_task_and_is_never_made_twice(answer: str):
     async def scenario() -> None:
         async with FakeApi() as fake:
@@ -691,16 +700,22 @@ def test_a_watch_gap_longer_than_the_wait_for_a_new_job_fails_nothing_and_keeps_
     async def scenario() -> None:
         async with FakeApi() as fake:
             patches: list[tuple[str, dict]] = []
-            controller, key = await job_created_and_unseen(fake, "there", patches, max_concurrent=1)
-            assert controller.admit() == []  # the slot stays with the Job that exists
+            controller, key = await job_created_and_unseen(
+                fake, "there-after-an-error", patches, max_concurrent=1
+            )
+            assert controller.admit() == []  # the slot stays with the Job that may exist
             assert key in controller.queue._dirty
-            await controller.reconcile(key)
+            controller.queue.discard(key)  # a worker takes it
+            with pytest.raises(ApiException):
+                await controller.reconcile(key)  # the read fails: nothing is decided
+            assert controller.admit() == [] and key not in controller.queue._dirty  # the worker retries
+            await controller.reconcile(key)  # (after its back-off)
             assert patches == []  # nothing decided while the cache is behind the API server
             assert controller.admit() == [] and "uid-gone" in controller.reserved
             assert key in controller.queue._timers  # asked again later, whatever the watch does
             await controller.reconcile(key)  # within the wait again: no second read, the Job is on its way
             reads = [p for m, p, _ in fake.requests if m == "GET" and p == f"{JOBS}/gone"]
-            assert len(reads) == 1
+            assert len(reads) == 2
             assert [(p["phase"], p["reason"]) for _, p in patches] == [("Running", "Starting")]
             # The watch catches up: the Task goes on from what the Job says.
             job, pod = job_and_pod("gone")
