@@ -1106,9 +1106,7 @@ class Controller:
             if pod.evicted_message is not None:
                 # The kubelet removes an evicted pod's containers, logs included, as soon as they exit;
                 # the status says so rather than showing an empty tail as if the agent wrote nothing.
-                collected["logTail"] = (
-                    f"[taskyard: the kubelet removed the log of pod {pod.name} when it evicted it]"
-                )
+                collected["logTail"] = _empty_log_note(pod)
             return collected, True  # never started (or already gone): nothing to keep
         except Exception as error:
             logger.warning("reading the log of pod %s failed: %s", pod.name, _describe(error))
@@ -1117,6 +1115,8 @@ class Controller:
                 collected["logTail"] = note
             return collected, final
         collected.update(await self._keep_collected(task, _attempt(pods, pod), pod.name, log))
+        if log.total_bytes == 0:
+            collected["logTail"] = _empty_log_note(pod)
         return collected, True
 
     async def _keep_collected(
@@ -1296,6 +1296,19 @@ def _not_older(version: str, than: str) -> bool:
         return int(version) >= int(than)
     except ValueError:
         return version == than
+
+
+def _empty_log_note(pod: PodView) -> str:
+    """What logTail says when the kubelet gives no output for an attempt: why that may be."""
+    if pod.evicted_message is not None:
+        return f"[taskyard: the kubelet removed the log of pod {pod.name} when it evicted it]"
+    # The kubelet rotates a running container's log past containerLogMaxSize and serves only the newest
+    # file: output followed by a quiet spell (rotation comes every 10 s) leaves that file empty.
+    return (
+        f"[taskyard: the kubelet served an empty log for pod {pod.name}: the agent wrote nothing, or it "
+        "wrote more than the kubelet's containerLogMaxSize (10 MiB unless configured) and nothing after "
+        "the kubelet last rotated it; the kubelet serves only the newest of its rotated files]"
+    )
 
 
 def _oldest_first(pods: Iterable[PodView]) -> list[PodView]:

@@ -51,7 +51,13 @@ def test_cancel_of_a_task_that_printed_bad_bytes(
 
 
 def test_100_mb_of_output(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:
-    script = "yes 'the agent keeps talking, line after line' | head -c 100000000; echo; echo LAST-LINE"
+    # The kubelet rotates the log past 10 MiB (checking every 10 s) and serves only the newest file. The
+    # quiet spell lets it rotate the 100 MB away before the end is written, so the end is in the file it
+    # serves: a rotation between the last line and the exit would leave that file empty (next test).
+    script = (
+        "yes 'the agent keeps talking, line after line' | head -c 100000000; echo; sleep 15; "
+        "yes 'the agent is nearly done' | head -c 1000000; echo; echo LAST-LINE"
+    )
     kube.create("Task", "chatty", {"agent": shell_agent, "prompt": script, "timeout": "10m"})
     task = final_within(kube, "chatty", 30, overall=600)
     assert task["status"]["phase"] == "Succeeded"
@@ -59,6 +65,20 @@ def test_100_mb_of_output(kube: Kube, shell_agent: str, operator: OperatorProces
     assert len(task["status"]["logTail"].encode()) <= 8192
     kept = kept_logs(kube, "chatty")[1]
     assert kept.startswith("[taskyard: ") and kept.endswith("LAST-LINE\n")
+
+
+def test_output_the_kubelet_rotated_away_is_named_not_shown_as_nothing(
+    kube: Kube, shell_agent: str, operator: OperatorProcess
+) -> None:
+    """20 MB, then a quiet spell before the exit: the kubelet rotates the log while the agent is quiet,
+    and the file it serves is empty. The status says why there is no output, not just nothing."""
+    script = "yes 'the agent keeps talking, line after line' | head -c 20000000; echo LAST-LINE; sleep 15"
+    kube.create("Task", "rotated", {"agent": shell_agent, "prompt": script})
+    task = final_within(kube, "rotated", 30, overall=300)
+    assert task["status"]["phase"] == "Succeeded"
+    pod = task["status"]["podName"]
+    assert task["status"]["logTail"].startswith(f"[taskyard: the kubelet served an empty log for pod {pod}")
+    assert "containerLogMaxSize" in task["status"]["logTail"]
 
 
 def test_one_50_mb_line(kube: Kube, shell_agent: str, operator: OperatorProcess) -> None:

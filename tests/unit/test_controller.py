@@ -755,6 +755,35 @@ def test_a_finished_job_whose_pod_the_watch_never_showed_still_gives_the_task_it
     run(scenario())
 
 
+def test_an_attempt_whose_log_the_kubelet_serves_empty_says_why_there_may_be_no_output():
+    async def scenario() -> None:
+        async with FakeApi() as fake:
+            patches: list[tuple[str, dict]] = []
+            status_api(fake, patches)
+            fake.status_route("quiet")
+            fake.route(f"{CONFIG_MAPS}/quiet-logs", created())
+
+            async def empty_log(request: web.Request) -> web.StreamResponse:
+                return web.Response(body=b"")
+
+            fake.route(f"/api/v1/namespaces/{NS}/pods/quiet-abcde/log", empty_log)
+            controller = controller_for(fake)
+            job, pod = job_and_pod("quiet")
+            controller.jobs.put((NS, "quiet"), project_job(job))
+            controller.pods.put((NS, "quiet-abcde"), project_pod(pod))
+            add_task(controller, task_body("quiet", status={"phase": "Running", "jobName": "quiet"}))
+            await controller.reconcile((NS, "quiet", "uid-quiet"))
+            [(_, patch)] = patches
+            assert patch["phase"] == "Succeeded"
+            assert patch["logTail"].startswith(
+                "[taskyard: the kubelet served an empty log for pod quiet-abcde"
+            )
+            assert "containerLogMaxSize" in patch["logTail"]
+            await controller.api.close()
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("on_the_server", ["none", "running", "pulling-for-ever"])
 def test_a_job_is_stopped_for_a_start_that_failed_only_on_what_the_api_server_says(on_the_server: str):
     """The cache shows the Job but no pod (its watch had a gap) past the start-up deadline: whether the
