@@ -113,15 +113,20 @@ def test_a_pods_watch_silent_for_a_tasks_whole_run_stops_no_agent_and_loses_no_o
     started (and deletes the Job), it asks the API server, which shows the agent running; when the Job
     ends, the exit code and the log come from the pod the API server lists."""
     proxy, kubeconfig = plain_http_fault_proxy
-    operator = start_operator(KUBECONFIG=str(kubeconfig), TASKYARD_STARTUP_DEADLINE_SECONDS="15")
+    # Well above how long a pod takes to start on a busy node, where 15 s was seen: an agent that has
+    # not started by then is rightly stopped.
+    deadline = 60
+    operator = start_operator(KUBECONFIG=str(kubeconfig), TASKYARD_STARTUP_DEADLINE_SECONDS=str(deadline))
     kube.wait_for("the operator's caches", lambda: "cache synced" in operator.log_tail(), timeout=60)
     proxy.silence_requests(r"^GET /api/v1/namespaces/[^/ ]+/pods\?[^ ]*watch=true")
     proxy.reset_all()
-    [name] = create_tasks(kube, shell_agent, "unseen-pod", 1, "sleep 45; echo done")
+    [name] = create_tasks(kube, shell_agent, "unseen-pod", 1, "sleep 90; echo done")
     kube.wait_for(
         "its agent to run", lambda: [p for p in kube.pods(name) if p.status.phase == "Running"], timeout=60
     )
-    time.sleep(20)  # the start-up deadline, counted from the Job's creation, has passed
+    [job] = kube.jobs(name)
+    # The start-up deadline counts from the Job's creation: wait until it has passed.
+    time.sleep(max(job.metadata.creation_timestamp.timestamp() + deadline + 8 - time.time(), 0))
     status = kube.task(name).get("status") or {}
     assert (status.get("phase"), status.get("reason")) == ("Running", "Running"), status
     assert [job.metadata.deletion_timestamp for job in kube.jobs(name)] == [None]
