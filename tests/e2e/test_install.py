@@ -70,7 +70,8 @@ def test_the_task_api_of_the_release_answers_as_its_caller(kube: Kube, release: 
     url = f"http://{address.stdout}:9090"  # by address: the local cluster runs no DNS
     script = (
         f"wget -qO- --header 'Authorization: Bearer {token}' {url}/v1/tasks/hello; echo; "
-        f"wget -qO- {url}/v1/tasks/hello || echo refused"
+        # wget's error on stdout too: the container log does not keep the order across the two streams.
+        f"wget -qO- {url}/v1/tasks/hello 2>&1 || echo refused"
     )
     pod = {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api-client", "namespace": namespace},
