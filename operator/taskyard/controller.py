@@ -894,7 +894,8 @@ class Controller:
             reservation = None
         known_job = current.get("jobName") or self.created_jobs.get(task.uid)
         if job is None and known_job and not spec.get("cancel") and not _still_expected(reservation):
-            if await self._job_exists_unseen(task, known_job, reservation):
+            if await self._job_exists_unseen(task, known_job):
+                self._wait_for_the_watch(task, known_job, reservation)
                 return
             self.reserved.pop(task.uid, None)  # confirmed gone: the Task fails below (JobDeleted)
             reservation = None
@@ -940,9 +941,9 @@ class Controller:
             # a watch gap can leave the cache without a pod that runs, or with one still waiting to.
             pods = await self._pods_from_api(task.namespace, job)  # type: ignore[arg-type]
             pod = deciding_pod(pods, job_complete=False)
-            checks = self._startup_checks(task, job, pod, agent, claim)
-            seen = dataclasses.replace(seen, pod=pod, startup_overdue=None, image_pull_patience_over=True)
-            desired = derive_status(body, dataclasses.replace(seen, **checks), _now())
+            checks = {"startup_overdue": None, "image_pull_patience_over": True}  # unless found again
+            checks.update(self._startup_checks(task, job, pod, agent, claim))
+            desired = derive_status(body, dataclasses.replace(seen, pod=pod, **checks), _now())
         if stop_job and _stops_the_job(desired):
             # The kubelet or the Job controller would keep trying (and hold the slot) until the timeout.
             await self._delete_job(task.namespace, job.view.name)  # type: ignore[union-attr]
@@ -1011,7 +1012,7 @@ class Controller:
         ):
             await self._delete_claim(task, claim)
 
-    async def _job_exists_unseen(self, task: TaskRecord, name: str, reservation: Reservation | None) -> bool:
+    async def _job_exists_unseen(self, task: TaskRecord, name: str) -> bool:
         """Whether the Task's Job exists although the watch does not show it. The cache alone never
         decides that a Job is gone: a watch gap longer than the wait for a new Job would otherwise fail
         Tasks whose agents are running (client-go's controllers make the same uncached read before acting
@@ -1022,23 +1023,27 @@ class Controller:
             if error.status == 404:
                 return False
             raise
+        # Not another Task's namesake, not one the watch would never show (its label or owner taken
+        # away), not being deleted outside taskyard: otherwise the Task's Job is gone as far as it can tell.
         owners = job.metadata.owner_references or []
-        ours = any(o.uid == task.uid and o.controller for o in owners)
-        if not ours or LABEL_TASK not in (job.metadata.labels or {}) or job.metadata.deletion_timestamp:
-            # Another Task's namesake, one the watch would never show (its label or owner taken away),
-            # or being deleted outside taskyard: the Task's Job is gone as far as taskyard can tell.
-            return False
+        return (
+            any(o.uid == task.uid and o.controller for o in owners)
+            and LABEL_TASK in (job.metadata.labels or {})
+            and job.metadata.deletion_timestamp is None
+        )
+
+    def _wait_for_the_watch(self, task: TaskRecord, job_name: str, reservation: Reservation | None) -> None:
+        """Nothing is decided while the watch is behind; the Job is looked for again later."""
         logger.info(
             "%s/%s: the Job %s exists but the watch has not shown it yet; waiting for the watch",
             task.namespace,
             task.name,
-            name,
+            job_name,
         )
         if reservation is not None:
             reservation.at = time.monotonic()  # asked again only after another wait
             reservation.confirming = False
         self.queue.add_after(task.key, RESERVATION_TTL if reservation is not None else JOB_RECHECK_SECONDS)
-        return True
 
     def _needs_collecting(self, uid: str, pod: PodView) -> bool:
         collected = self.logs_collected_from.get(uid)

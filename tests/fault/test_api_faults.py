@@ -24,6 +24,13 @@ def create_tasks(kube: Kube, agent: str, prefix: str, count: int, script: str = 
     return names
 
 
+def silence_the_watch_of(kube: Kube, operator, proxy: FaultProxy, group_version: str, plural: str) -> None:
+    """Once the operator has its caches, its watch of ``plural`` goes silent; all else keeps working."""
+    kube.wait_for("the operator's caches", lambda: "cache synced" in operator.log_tail(), timeout=60)
+    proxy.silence_requests(rf"^GET /{group_version}/namespaces/[^/ ]+/{plural}\?[^ ]*watch=true")
+    proxy.reset_all()  # the watch open now reconnects, and goes silent from its first request
+
+
 def assert_all_succeeded_once(kube: Kube, tasks: dict[str, dict], names: list[str]) -> None:
     phases = {name: tasks[name]["status"]["phase"] for name in names}
     failures = {
@@ -87,9 +94,7 @@ def test_a_jobs_watch_silent_for_longer_than_the_wait_for_new_jobs_fails_no_task
     operator = start_operator(
         KUBECONFIG=str(kubeconfig), TASKYARD_RESYNC_SECONDS="10", TASKYARD_MAX_CONCURRENT="2"
     )
-    kube.wait_for("the operator's caches", lambda: "cache synced" in operator.log_tail(), timeout=60)
-    proxy.silence_requests(r"^GET /apis/batch/v1/namespaces/[^/ ]+/jobs\?[^ ]*watch=true")
-    proxy.reset_all()  # the jobs watch open now reconnects, and goes silent from its first request
+    silence_the_watch_of(kube, operator, proxy, "apis/batch/v1", "jobs")
     names = create_tasks(kube, shell_agent, "unseen", 4)
     kube.wait_for("two Jobs", lambda: len(kube.jobs()) == 2, timeout=60)
 
@@ -117,9 +122,7 @@ def test_a_pods_watch_silent_for_a_tasks_whole_run_stops_no_agent_and_loses_no_o
     # not started by then is rightly stopped.
     deadline = 60
     operator = start_operator(KUBECONFIG=str(kubeconfig), TASKYARD_STARTUP_DEADLINE_SECONDS=str(deadline))
-    kube.wait_for("the operator's caches", lambda: "cache synced" in operator.log_tail(), timeout=60)
-    proxy.silence_requests(r"^GET /api/v1/namespaces/[^/ ]+/pods\?[^ ]*watch=true")
-    proxy.reset_all()
+    silence_the_watch_of(kube, operator, proxy, "api/v1", "pods")
     [name] = create_tasks(kube, shell_agent, "unseen-pod", 1, "sleep 90; echo done")
     kube.wait_for(
         "its agent to run", lambda: [p for p in kube.pods(name) if p.status.phase == "Running"], timeout=60
